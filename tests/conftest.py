@@ -1,0 +1,48 @@
+"""Shared fixtures: the real CIFAR-10 (data/, $CIFAR10_DIR, or unpacked from ../shared/cifar10)."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import data_gpu
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = REPO.parent / 'shared' / 'cifar10'
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason='needs a CUDA GPU')
+    for item in items:
+        if 'gpu' in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope='session')
+def cifar_dir(tmp_path_factory):
+    """A folder holding cifar-10-batches-py/. In CI .ci/run unpacks it into data/ first."""
+    for candidate in (os.environ.get('CIFAR10_DIR'), REPO / 'data'):
+        if candidate and (Path(candidate) / data_gpu.FOLDER).is_dir():
+            return str(candidate)
+    if (SHARED / 'unpack.py').is_file():
+        out = tmp_path_factory.mktemp('cifar10')
+        subprocess.run([sys.executable, str(SHARED / 'unpack.py'), str(out)], check=True)
+        return str(out)
+    if os.environ.get('CI'):
+        pytest.fail('CIFAR-10 not found in CI: .ci/run should have unpacked ../shared/cifar10 into data/')
+    pytest.skip('CIFAR-10 not found: put it in data/ or set CIFAR10_DIR')
+
+
+@pytest.fixture(scope='session')
+def cifar(cifar_dir):
+    return data_gpu.load_cifar10(cifar_dir, download=False)
+
+
+def run_script(script, *args, timeout=600):
+    """Run one of the repo's scripts in a subprocess from the repo root; returns CompletedProcess."""
+    return subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)

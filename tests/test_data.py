@@ -1,0 +1,282 @@
+"""data_gpu: reading CIFAR-10 from disk (folder, archive, download, cache) and the augmentation."""
+import hashlib
+import io
+import os
+import pickle
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+
+import data_gpu
+from data_gpu import DataError
+
+
+# ---- the real data ---------------------------------------------------------------------------
+
+def test_real_data_sizes_labels_and_published_means(cifar):
+    assert cifar['train_x'].shape == (50000, 3, 32, 32) and cifar['train_x'].dtype == torch.uint8
+    assert cifar['test_x'].shape == (10000, 3, 32, 32) and cifar['test_x'].dtype == torch.uint8
+    assert torch.bincount(cifar['train_y'], minlength=10).tolist() == [5000] * 10
+    assert torch.bincount(cifar['test_y'], minlength=10).tolist() == [1000] * 10
+    x = cifar['train_x'].double()
+    mean = x.mean(dim=(0, 2, 3))
+    std = x.permute(1, 0, 2, 3).reshape(3, -1).std(dim=1)
+    assert torch.allclose(mean, torch.tensor(data_gpu.MEAN, dtype=torch.float64), atol=0.01)
+    assert torch.allclose(std, torch.tensor(data_gpu.STD, dtype=torch.float64), atol=0.01)
+
+
+def test_normalized_real_training_set_has_zero_mean_unit_std(cifar):
+    x = data_gpu.normalize(cifar['train_x'][:10000], torch.float32).double()
+    assert x.mean(dim=(0, 2, 3)).abs().max() < 0.02
+    assert (x.transpose(0, 1).reshape(3, -1).std(dim=1) - 1).abs().max() < 0.02
+
+
+# ---- disk formats, cache and errors, on a small fake data set in the official layout --------
+
+def write_fake_folder(root, seed=0):
+    """Official layout, right counts; image n of class y is filled with 20*y + (n % 7)."""
+    rng = np.random.default_rng(seed)
+    folder = os.path.join(root, data_gpu.FOLDER)
+    os.makedirs(folder, exist_ok=True)
+    for name, n in [(f, 10000) for f in data_gpu.TRAIN_FILES + data_gpu.TEST_FILES]:
+        labels = rng.integers(0, 10, n)
+        data = (20 * labels[:, None] + (np.arange(n) % 7)[:, None]).astype(np.uint8).repeat(3072, axis=1)
+        with open(os.path.join(folder, name), 'wb') as fh:
+            pickle.dump({b'data': data, b'labels': labels.tolist()}, fh)
+    return folder
+
+
+def make_fake_archive(tmp_path):
+    src = tmp_path / 'src'
+    write_fake_folder(src)
+    archive = tmp_path / data_gpu.ARCHIVE
+    with tarfile.open(archive, 'w:gz', compresslevel=1) as tar:
+        tar.add(src / data_gpu.FOLDER, arcname=data_gpu.FOLDER)
+    return archive, hashlib.md5(archive.read_bytes()).hexdigest()
+
+
+def test_folder_is_read_and_cached_then_cache_is_used(tmp_path, monkeypatch):
+    write_fake_folder(tmp_path)
+    first = data_gpu.load_cifar10(str(tmp_path), download=False, log=lambda m: None)
+    assert (tmp_path / data_gpu.CACHE).is_file()
+    assert first['train_x'].shape == (50000, 3, 32, 32)
+    assert torch.equal(first['train_x'][:, 0, 0, 0], (20 * first["train_y"] + torch.arange(50000) % 10000 % 7).to(torch.uint8))
+
+    def no_folder_reads(*a):
+        raise AssertionError('the folder was read although a valid cache exists')
+    monkeypatch.setattr(data_gpu, '_read_folder', no_folder_reads)
+    second = data_gpu.load_cifar10(str(tmp_path), download=False, log=lambda m: None)
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
+def test_stale_cache_is_rebuilt(tmp_path):
+    write_fake_folder(tmp_path, seed=0)
+    data_gpu.load_cifar10(str(tmp_path), download=False, log=lambda m: None)
+    write_fake_folder(tmp_path, seed=1)  # new contents, new mtimes
+    st = os.stat(tmp_path / data_gpu.FOLDER / 'test_batch')
+    os.utime(tmp_path / data_gpu.FOLDER / 'test_batch', ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    messages = []
+    data = data_gpu.load_cifar10(str(tmp_path), download=False, log=messages.append)
+    assert any('stale' in m for m in messages)
+    with open(tmp_path / data_gpu.FOLDER / 'test_batch', 'rb') as fh:
+        labels = pickle.load(fh)[b'labels']
+    assert data['test_y'].tolist() == labels
+
+
+@pytest.mark.parametrize('damage', ['garbage', 'truncated', 'bitflip'])
+def test_broken_cache_is_rebuilt(tmp_path, damage):
+    write_fake_folder(tmp_path)
+    good = data_gpu.load_cifar10(str(tmp_path), download=False, log=lambda m: None)
+    cache = tmp_path / data_gpu.CACHE
+    blob = cache.read_bytes()
+    if damage == 'garbage':
+        blob = b'not a cache'
+    elif damage == 'truncated':
+        blob = blob[:len(blob) // 2]
+    else:  # a flipped bit deep inside the image data: only the CRC can see it
+        blob = bytearray(blob)
+        blob[len(blob) // 2] ^= 1
+        blob = bytes(blob)
+    cache.write_bytes(blob)
+    messages = []
+    data = data_gpu.load_cifar10(str(tmp_path), download=False, log=messages.append)
+    assert any('broken' in m for m in messages)
+    assert all(torch.equal(good[k], data[k]) for k in good)
+    assert torch.load(cache, weights_only=True)['crc'] == data_gpu._crc(data)
+
+
+def test_archive_is_md5_checked_and_extracted(tmp_path, monkeypatch):
+    archive, md5 = make_fake_archive(tmp_path)
+    monkeypatch.setattr(data_gpu, 'ARCHIVE_MD5', md5)
+    data = data_gpu.load_cifar10(str(tmp_path), download=False, log=lambda m: None)
+    assert (tmp_path / data_gpu.FOLDER / 'data_batch_1').is_file()
+    assert data['test_x'].shape == (10000, 3, 32, 32)
+
+
+def test_archive_with_wrong_md5_is_refused(tmp_path):
+    make_fake_archive(tmp_path)  # its md5 is not the official one
+    with pytest.raises(DataError, match='md5 .* expected c58f30108f718f92721af3b95e74349a'):
+        data_gpu.load_cifar10(str(tmp_path), download=False)
+    assert (tmp_path / data_gpu.ARCHIVE).is_file(), 'the user\'s file must not be deleted'
+
+
+def test_corrupt_archive_with_right_md5_gives_clear_error(tmp_path, monkeypatch):
+    archive = tmp_path / data_gpu.ARCHIVE
+    archive.write_bytes(b'\x1f\x8b' + os.urandom(5000))  # gzip magic, then noise
+    monkeypatch.setattr(data_gpu, 'ARCHIVE_MD5', hashlib.md5(archive.read_bytes()).hexdigest())
+    with pytest.raises(DataError, match='corrupt'):
+        data_gpu.load_cifar10(str(tmp_path), download=False)
+
+
+def test_damaged_batch_file_gives_clear_error(tmp_path):
+    folder = write_fake_folder(tmp_path)
+    path = os.path.join(folder, 'data_batch_3')
+    with open(path, 'r+b') as fh:
+        fh.truncate(1000)
+    with pytest.raises(DataError, match='data_batch_3 is not a readable CIFAR-10 batch'):
+        data_gpu.load_cifar10(str(tmp_path), download=False)
+
+
+def test_missing_data_without_download_gives_clear_error(tmp_path):
+    with pytest.raises(DataError, match='no CIFAR-10 in .*put cifar-10-python.tar.gz'):
+        data_gpu.load_cifar10(str(tmp_path / 'nowhere'), download=False)
+
+
+def test_failed_download_gives_clear_error_and_leaves_nothing(tmp_path, monkeypatch):
+    monkeypatch.setattr(data_gpu, 'URL', 'http://127.0.0.1:9/cifar-10-python.tar.gz')  # nothing listens
+    with pytest.raises(DataError, match='could not download CIFAR-10 .*put cifar-10-python.tar.gz'):
+        data_gpu.load_cifar10(str(tmp_path / 'd'), log=lambda m: None)
+    assert not any(p.name.endswith('.part') for p in (tmp_path / 'd').iterdir())
+
+
+def test_download_is_md5_checked_and_extracted(tmp_path, monkeypatch):
+    archive, md5 = make_fake_archive(tmp_path)
+    monkeypatch.setattr(data_gpu, 'URL', archive.as_uri())  # urllib reads file:// like http://
+    monkeypatch.setattr(data_gpu, 'ARCHIVE_MD5', md5)
+    data = data_gpu.load_cifar10(str(tmp_path / 'd'), log=lambda m: None)
+    assert (tmp_path / 'd' / data_gpu.ARCHIVE).read_bytes() == archive.read_bytes()
+    assert data['train_x'].shape == (50000, 3, 32, 32)
+
+
+# ---- augmentation ------------------------------------------------------------------------------
+
+def test_flip_twice_is_identity_and_flips_only_masked_images():
+    x = torch.randn(6, 3, 32, 32)
+    mask = torch.tensor([True, False, True, True, False, False])
+    once = data_gpu.flip(x, mask)
+    assert torch.equal(data_gpu.flip(once, mask), x)
+    assert torch.equal(once[mask], x[mask].flip(3)) and torch.equal(once[~mask], x[~mask])
+
+
+def test_crop_takes_the_window_at_each_offset():
+    n, pad = 5, 4
+    rows = torch.arange(40).view(1, 1, 40, 1).expand(n, 3, 40, 40)
+    cols = torch.arange(40).view(1, 1, 1, 40).expand(n, 3, 40, 40)
+    padded = (100 * rows + cols).float()  # each pixel encodes its own position
+    dy, dx = torch.tensor([0, 8, 3, 8, 0]), torch.tensor([0, 8, 5, 0, 7])
+    out = data_gpu.crop(padded, dy, dx, 32)
+    assert out.shape == (n, 3, 32, 32)
+    for i in range(n):
+        assert torch.equal(out[i], padded[i, :, dy[i]:dy[i] + 32, dx[i]:dx[i] + 32])
+
+
+def test_random_crops_stay_inside_and_cover_every_offset():
+    n, pad = 4000, 4
+    rows = torch.arange(40).view(1, 1, 40, 1).expand(n, 1, 40, 40)
+    cols = torch.arange(40).view(1, 1, 1, 40).expand(n, 1, 40, 40)
+    padded = (100 * rows + cols).float()
+    out = data_gpu.random_crop(padded, 32, torch.Generator().manual_seed(0))
+    assert out.shape == (n, 1, 32, 32)
+    dy, dx = (out[:, 0, 0, 0] // 100).long(), (out[:, 0, 0, 0] % 100).long()
+    assert dy.min() >= 0 and dy.max() <= 2 * pad and dx.min() >= 0 and dx.max() <= 2 * pad
+    assert len(set(zip(dy.tolist(), dx.tolist()))) == (2 * pad + 1) ** 2
+    expected = 100 * (dy.view(n, 1, 1) + torch.arange(32).view(1, 32, 1)) + dx.view(n, 1, 1) + torch.arange(32)
+    assert torch.equal(out[:, 0], expected.float())
+
+
+@pytest.mark.parametrize('cy, cx', [(16, 16), (0, 0), (31, 31), (2, 30), (4, 4), (3, 28)])
+def test_cutout_zeroes_exactly_the_clipped_box(cy, cx):
+    size = 8
+    x = torch.rand(1, 3, 32, 32) + 1  # no zeros before
+    out = data_gpu.apply_cutout(x, torch.tensor([cy]), torch.tensor([cx]), size)
+    expected = torch.zeros(32, 32, dtype=torch.bool)
+    for r in range(32):
+        for c in range(32):
+            expected[r, c] = cy - 4 <= r < cy + 4 and cx - 4 <= c < cx + 4
+    assert torch.equal(out[0] == 0, expected.expand(3, 32, 32))
+    assert torch.equal(out[0][~expected.expand(3, 32, 32)], x[0][~expected.expand(3, 32, 32)])
+
+
+def test_random_cutout_boxes_are_squares_clipped_at_borders():
+    x = torch.ones(3000, 1, 32, 32)
+    out = data_gpu.random_cutout(x, 8, torch.Generator().manual_seed(1))
+    zeroed = (out == 0)[:, 0]
+    h, w = zeroed.any(2).sum(1), zeroed.any(1).sum(1)
+    assert torch.equal(zeroed.sum((1, 2)), h * w)  # a full rectangle
+    assert h.min() == 4 and h.max() == 8 and w.min() == 4 and w.max() == 8
+
+
+def encoded_data(n_train=1000, n_test=200):
+    """Images whose every pixel is 20 * label, so a label can be read back off its image."""
+    g = torch.Generator().manual_seed(0)
+    train_y = torch.randint(0, 10, (n_train,), generator=g)
+    test_y = torch.randint(0, 10, (n_test,), generator=g)
+    return {'train_x': (20 * train_y).to(torch.uint8).view(-1, 1, 1, 1).expand(-1, 3, 32, 32).contiguous(),
+            'train_y': train_y,
+            'test_x': (20 * test_y).to(torch.uint8).view(-1, 1, 1, 1).expand(-1, 3, 32, 32).contiguous(),
+            'test_y': test_y}
+
+
+def decode_labels(x):
+    """Per image: median over pixels of channel 0, back in 0..255 units, divided by 20."""
+    pixels = x[:, 0].float() * data_gpu.STD[0] + data_gpu.MEAN[0]
+    return (pixels.flatten(1).median(1).values / 20).round().long()
+
+
+def test_labels_stay_with_their_images_through_shuffle_and_augmentation():
+    ds = data_gpu.DeviceCIFAR10(encoded_data(), 'cpu', seed=3)
+    batches = list(ds.train_batches(128))
+    assert len(batches) == 1000 // 128
+    seen = torch.cat([y for _, y in batches])
+    assert not torch.equal(seen, encoded_data()['train_y'][:len(seen)]), 'not shuffled'
+    for x, y in batches:
+        assert x.shape == (128, 3, 32, 32) and x.is_contiguous(memory_format=torch.channels_last)
+        assert torch.equal(decode_labels(x), y)
+    for x, y in ds.test_batches(64):
+        assert torch.equal(decode_labels(x), y)
+
+
+def test_same_seed_same_batches_other_seed_other_batches(cifar):
+    def epoch(seed):
+        ds = data_gpu.DeviceCIFAR10(cifar, 'cpu', n_train=2000, n_test=100, seed=seed)
+        return list(ds.train_batches(500))
+    a, b, c = epoch(7), epoch(7), epoch(8)
+    assert all(torch.equal(xa, xb) and torch.equal(ya, yb) for (xa, ya), (xb, yb) in zip(a, b))
+    assert not torch.equal(a[0][0], c[0][0])
+
+
+def test_consecutive_epochs_differ_and_reseed_repeats_them(cifar):
+    ds = data_gpu.DeviceCIFAR10(cifar, 'cpu', n_train=1000, n_test=100, seed=0)
+    first, second = ds.augmented_epoch()[0], ds.augmented_epoch()[0]
+    assert not torch.equal(first, second)
+    ds.reseed(0)
+    assert torch.equal(ds.augmented_epoch()[0], first)
+
+
+def test_without_augmentation_an_epoch_is_a_permutation_of_the_normalized_set(cifar):
+    ds = data_gpu.DeviceCIFAR10(cifar, 'cpu', n_train=600, n_test=10, flip=False, crop_pad=0, cutout=0)
+    x, y = ds.augmented_epoch()
+    ref = data_gpu.normalize(cifar['train_x'][:600], torch.float32)
+    w = torch.randn(3 * 32 * 32, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    order = torch.argsort(x.flatten(1).double() @ w)  # a random projection: distinct images, distinct keys
+    ref_order = torch.argsort(ref.flatten(1).double() @ w)
+    assert torch.equal(x[order], ref[ref_order]) and torch.equal(y[order], cifar['train_y'][:600][ref_order])
+
+
+def test_fp16_data_is_fp16_channels_last(cifar):
+    ds = data_gpu.DeviceCIFAR10(cifar, 'cpu', torch.float16, n_train=256, n_test=100)
+    x, _ = next(ds.train_batches(128))
+    assert x.dtype == torch.float16 and x.is_contiguous(memory_format=torch.channels_last)
+    assert ds.test_x.dtype == torch.float16 and ds.test_x.is_contiguous(memory_format=torch.channels_last)

@@ -1,0 +1,115 @@
+"""The network, its precision and memory layout, the schedule, and one training step."""
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import train
+
+
+def conv_outputs_channels_last(model, x):
+    seen = []
+    hooks = [m.register_forward_hook(lambda m, i, o: seen.append(o.is_contiguous(memory_format=torch.channels_last)))
+             for m in model.modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))]
+    out = model(x)
+    for h in hooks:
+        h.remove()
+    return out, seen
+
+
+@pytest.mark.parametrize('dtype', [torch.float16, torch.float32])
+def test_precision_and_layout_after_setup(dtype):
+    model = train.make_model(1.0, 'cpu', dtype)
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    convs = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    assert len(bns) == 8 and len(convs) == 9
+    for bn in bns:
+        for name, t in list(bn.named_parameters()) + list(bn.named_buffers()):
+            want = torch.int64 if name == 'num_batches_tracked' else torch.float32
+            assert t.dtype == want, f'BatchNorm {name} is {t.dtype}'
+    for m in convs:
+        assert m.weight.dtype == dtype
+    for m in convs[:-1]:
+        assert m.weight.is_contiguous(memory_format=torch.channels_last)
+    x = torch.randn(4, 3, 32, 32).to(dtype).contiguous(memory_format=torch.channels_last)
+    out, layouts = conv_outputs_channels_last(model, x)
+    assert out.shape == (4, 10) and out.dtype == dtype
+    assert len(layouts) == 16 and all(layouts), 'a conv or BN output fell back to NCHW'
+
+
+def test_architecture_matches_myrtle_resnet9():
+    model = train.ResNet9()
+    widths = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
+    assert widths == [64, 128, 128, 128, 256, 512, 512, 512]
+    assert model.linear.in_features == 512 and model.linear.bias is None and model.logit_scale == 0.125
+    assert sum(p.numel() for p in model.parameters()) == 6573120  # 6.57 M, as Myrtle's ResNet-9
+    assert train.ResNet9(width=0.25)(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+
+
+def test_one_step_lowers_the_loss_on_a_fixed_batch(cifar):
+    torch.manual_seed(0)
+    model = train.make_model(0.5, 'cpu', torch.float32)
+    opt = train.make_optimizer(model, {**train.hyp})
+    for g in opt.param_groups:
+        g['lr'] = 0.2
+    x = train.data_gpu.normalize(cifar['train_x'][:128], torch.float32).contiguous(memory_format=torch.channels_last)
+    y = cifar['train_y'][:128]
+    before = F.cross_entropy(model(x).float(), y)
+    totals = {k: torch.zeros(()) for k in ('loss', 'correct', 'count')}
+    train.train_step(model, opt, x, y, train.hyp, totals)
+    after = F.cross_entropy(model(x).float(), y)
+    assert after < before - 0.01
+    assert torch.isclose(totals['loss'] / totals['count'], before, rtol=1e-4)
+    assert totals['count'] == 128
+
+
+def test_lr_schedule_hits_its_knots_and_stretches_with_epochs():
+    h = {**train.hyp, 'epochs': 24, 'lr': 0.4, 'lr_peak': 5 / 24}
+    lrs = train.lr_schedule(h, steps_per_epoch=10)
+    assert len(lrs) == 240
+    assert lrs[0] == 0 and lrs[50] == pytest.approx(0.4) and max(lrs) == pytest.approx(0.4)
+    assert lrs[25] == pytest.approx(0.2) and lrs[145] == pytest.approx(0.2)
+    assert all(a < b for a, b in zip(lrs[:50], lrs[1:51])) and all(a > b for a, b in zip(lrs[50:], lrs[51:]))
+    assert lrs[-1] == pytest.approx(0.4 / 190)  # one step before reaching 0 at the end
+    long = train.lr_schedule({**h, 'epochs': 48}, steps_per_epoch=10)
+    assert long[100] == pytest.approx(0.4) and long[::2][:240] == pytest.approx(lrs)
+
+
+def test_evaluate_flip_tta_averages_image_and_mirror():
+    torch.manual_seed(0)
+    model = train.make_model(0.25, 'cpu', torch.float32).eval()
+    x = torch.randn(8, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    y = torch.arange(8) % 10
+    with torch.no_grad():
+        logits = 0.5 * (model(x) + model(x.flip(3)))
+    res = train.evaluate(model, [(x[:5], y[:5]), (x[5:], y[5:])], tta=1)
+    assert res['count'] == 8
+    assert torch.isclose(res['loss'], F.cross_entropy(logits, y, reduction='sum'), rtol=1e-5)
+    assert res['correct'] == (logits.argmax(1) == y).sum()
+    assert model.training, 'evaluate must put the model back into training mode'
+
+
+@pytest.mark.gpu
+def test_gpu_epoch_has_no_host_sync(cifar):
+    data = train.data_gpu.DeviceCIFAR10(cifar, 'cuda', torch.float16, n_train=10240, n_test=1000)
+    h = train.hyp
+    model = train.make_model(1.0, 'cuda', torch.float16)
+    opt = train.make_optimizer(model, h)
+    lrs = train.lr_schedule(h, data.n_train // h['batch_size'])
+    train.train_epoch(model, opt, data.train_batches(h['batch_size']), lrs, h)  # lazy init outside the check
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode('error')
+    try:
+        totals = train.train_epoch(model, opt, data.train_batches(h['batch_size']), lrs, h)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert totals['count'].item() == 20 * h['batch_size']
+
+
+@pytest.mark.gpu
+def test_gpu_precision_and_layout():
+    model = train.make_model(1.0, 'cuda', torch.float16)
+    x = torch.randn(16, 3, 32, 32, device='cuda').half().contiguous(memory_format=torch.channels_last)
+    out, layouts = conv_outputs_channels_last(model, x)
+    assert out.dtype == torch.float16 and all(layouts)
+    assert all(m.weight.dtype == torch.float32 for m in model.modules() if isinstance(m, nn.BatchNorm2d))
