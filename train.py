@@ -48,6 +48,15 @@ hyp = {
     'cutout': 8,               # Cutout box side in pixels (0 = off)
     'tta': 1,                  # final evaluation: 0 = plain, 1 = mean of the logits of image and mirror image
     'eval_batch_size': 1000,   # images per evaluation forward
+    # BatchLossFilter: train each step on the highest-loss samples that make up a share of the loss
+    'blf': None,               # min_loss_perc p in (0, 1]; None = off
+    'blf_min_samples': 0.0,    # min_samples_perc q: keep at least ceil(q * batch) samples
+    'blf_start_epoch': 2,      # first epoch (1-based) with BLF; before it, plain steps (the original skips one)
+    'blf_mode': 'compact',     # compact: no-grad pass, then fwd+bwd on the kept rows only; mask: one pass, masked grad
+    'blf_impl': 'triton',      # triton kernels, or the plain-torch reference
+    'blf_round_to': 1,         # round the kept count up to a multiple of this (8 suits fp16 tensor cores)
+    'blf_bucket': 64,          # compact: the kept batch is the host-known count rounded up to a multiple of this
+    'subset_control': 'none',  # random: keep as many samples as BLF would, chosen at random (the honest baseline)
 }
 
 HELP = {
@@ -64,7 +73,17 @@ HELP = {
     'cutout': 'side of the Cutout square in pixels, clipped at the borders (0 = off)',
     'tta': 'test-time augmentation of the final evaluation: 0 = none, 1 = flip',
     'eval_batch_size': 'images per evaluation forward pass',
+    'blf': 'BatchLossFilter: keep the highest-loss samples making up this share of the batch loss, in (0, 1]',
+    'blf_min_samples': 'BLF: keep at least this share of the batch, in [0, 1]',
+    'blf_start_epoch': 'BLF: first epoch (1-based) that filters; earlier epochs train on every sample',
+    'blf_mode': 'BLF: compact (saves time: no-grad pass, then fwd+bwd on kept rows) or mask (one pass, exact)',
+    'blf_impl': 'BLF: triton (fused kernels) or torch (plain reference)',
+    'blf_round_to': 'BLF: round the kept count up to a multiple of this',
+    'blf_bucket': 'BLF compact: size granularity of the kept batch (fewer shapes, headroom for a growing count)',
+    'subset_control': 'none, or random: train on a random subset as large as BLF would keep (needs --blf)',
 }
+FLAG_OPTIONS = {'blf': {'type': float}, 'blf_mode': {'choices': ['compact', 'mask']},
+                'blf_impl': {'choices': ['triton', 'torch']}, 'subset_control': {'choices': ['none', 'random']}}
 
 
 class UserError(Exception):
@@ -173,14 +192,21 @@ def train_step(model, opt, x, y, hyp, totals):
     totals['count'] += len(y)
 
 
-def train_epoch(model, opt, batches, lrs, hyp):
-    """One pass over `batches`, lr per step from `lrs`. Returns device tensors; never syncs."""
+def train_epoch(model, opt, batches, lrs, hyp, blf=None):
+    """One pass over `batches`, lr per step from `lrs`, BLF steps when `blf` is given.
+    Returns device tensors (and host counts); never syncs."""
     device = next(model.parameters()).device
     totals = {k: torch.zeros((), device=device) for k in ('loss', 'correct', 'count')}
+    if blf is not None:
+        totals.update({k: torch.zeros((), device=device) for k in BLF_TOTALS})
+        totals.update(steps=0, rows_trained=0)
     for (x, y), lr in zip(batches, lrs):
         for group in opt.param_groups:
             group['lr'] = lr
-        train_step(model, opt, x, y, hyp, totals)
+        if blf is None:
+            train_step(model, opt, x, y, hyp, totals)
+        else:
+            blf_train_step(model, opt, x, y, hyp, totals, blf)
     return totals
 
 
@@ -203,16 +229,172 @@ def evaluate(model, batches, tta=0):
     return {'loss': loss, 'correct': correct, 'count': count}
 
 
-def warm_up(hyp, data, device, dtype, steps=3):
-    """Run the real step and eval shapes on random data so cudnn autotuning and lazy init happen
-    outside the timed region. The model and optimiser used here are thrown away."""
+# ----------------------------------------------------------------------------------------------
+# BatchLossFilter: keep the samples that make up a share of the batch loss (kernels/ does the work)
+
+BLF_MAX_BATCH = 16384  # one selection program sorts the whole batch
+BLF_TOTALS = ('kept', 'kept_loss_frac', 'kept_loss', 'truncated')
+
+
+def blf_backend(impl, device):
+    """The module with cross_entropy_forward / select_top_loss / weighted_cross_entropy."""
+    if impl == 'torch':
+        from kernels import reference
+        return reference
+    if torch.device(device).type == 'cpu':
+        os.environ.setdefault('TRITON_INTERPRET', '1')  # Triton runs on CPU tensors only in its interpreter
+    try:
+        from kernels import triton_impl
+    except ImportError as e:
+        raise UserError(f'--blf-impl triton needs triton ({e}); pip install triton, or use --blf-impl torch') from None
+    return triton_impl
+
+
+class LaggedCount:
+    """The kept count of a recent step, read on the host without waiting for the GPU.
+
+    Each step copies its count (a device scalar) into a slot of a pinned host buffer, asynchronously,
+    and records an event; latest() takes the newest slot whose event has completed (event.query()
+    does not block). On the CPU each copy is done at once, so the lag is exactly one step."""
+
+    def __init__(self, device, initial, slots=4):
+        self.cuda = torch.device(device).type == 'cuda'
+        self.host = torch.zeros(slots, dtype=torch.int32, pin_memory=self.cuda)
+        self.events = [None] * slots
+        self.pushed = 0
+        self.value = initial
+
+    def push(self, count):
+        slot = self.pushed % len(self.events)
+        self.host[slot].copy_(count, non_blocking=self.cuda)
+        event = torch.cuda.Event() if self.cuda else None
+        if event is not None:
+            event.record()
+        self.events[slot] = event or 'done'
+        self.pushed += 1
+
+    def latest(self):
+        n = len(self.events)
+        for back in range(1, min(n, self.pushed) + 1):
+            slot = (self.pushed - back) % n
+            if self.events[slot] == 'done' or self.events[slot].query():
+                self.value = int(self.host[slot])
+                break
+        return self.value
+
+
+class BLF:
+    """Per-run BatchLossFilter state: backend, options, the compact mode's lagged count, and the
+    random-subset control's own generator (so the data stream stays identical across configs)."""
+
+    def __init__(self, hyp, backend, device, batch_size, seed):
+        from kernels.selection import min_samples
+        self.backend, self.hyp, self.batch_size = backend, hyp, batch_size
+        self.k_min = min_samples(hyp['blf_min_samples'], batch_size)
+        self.count = LaggedCount(device, batch_size)
+        self.fixed_size = None  # warm-up pins the compact batch size to visit every shape
+        self.gen = None
+        if hyp['subset_control'] == 'random':
+            self.gen = torch.Generator(device=device).manual_seed(seed + 1_000_003)
+
+    def kept_size(self):
+        """Rows in the compact pass: the lagged count rounded up to the bucket, at most the batch."""
+        if self.fixed_size is not None:
+            return self.fixed_size
+        bucket = self.hyp['blf_bucket']
+        return min(self.batch_size, -(-self.count.latest() // bucket) * bucket)
+
+    def select(self, losses, cap):
+        h = self.hyp
+        sel = self.backend.select_top_loss(losses, h['blf'], self.k_min, h['blf_round_to'], cap)
+        return sel if self.gen is None else random_subset(sel, losses, self.gen)
+
+
+def random_subset(sel, losses, gen):
+    """The control: as many rows as `sel` keeps, chosen uniformly at random, same weights."""
+    from kernels import Selection
+    n = losses.numel()
+    order = torch.randperm(n, device=losses.device, generator=gen)
+    k_eff = sel.counts[1]
+    kept = torch.arange(n, device=losses.device) < k_eff
+    weight = torch.zeros(n, device=losses.device).scatter(0, order, kept / k_eff)
+    kept_sum = torch.dot(weight, losses) * k_eff
+    stats = torch.stack([kept_sum / losses.sum(), losses.mean(), kept_sum / k_eff])
+    return Selection(weight, order, sel.counts, stats)
+
+
+class running_stats_frozen:
+    """BatchNorm normalises with the batch's own statistics but leaves the running ones alone."""
+
+    def __init__(self, model):
+        self.bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+
+    def __enter__(self):
+        for bn in self.bns:
+            bn.track_running_stats = False
+
+    def __exit__(self, *exc):
+        for bn in self.bns:
+            bn.track_running_stats = True
+
+
+def blf_train_step(model, opt, x, y, hyp, totals, blf):
+    """One BLF step. mask: one forward, gradient (softmax - target)/k on kept rows and exactly 0
+    elsewhere. compact: a no-grad forward of the whole batch (train-mode BatchNorm: full-batch
+    statistics, and the only update of the running statistics), selection, then forward and
+    backward of the kept rows only (their own batch statistics; running statistics untouched)."""
+    be, s, n = blf.backend, hyp['label_smoothing'], len(y)
+    if hyp['blf_mode'] == 'mask':
+        logits = model(x)
+        losses, lse = be.cross_entropy_forward(logits.detach(), y, s)
+        sel = blf.select(losses, cap=n)
+        loss = be.weighted_cross_entropy(logits, y, sel.weight, s, losses, lse)
+        rows_trained = n
+    else:
+        with torch.no_grad():
+            logits = model(x)
+        losses, _ = be.cross_entropy_forward(logits, y, s)
+        rows_trained = blf.kept_size()  # a host int from an earlier step: no sync
+        sel = blf.select(losses, cap=rows_trained)
+        blf.count.push(sel.counts[0])
+        rows = sel.order[:rows_trained]
+        with running_stats_frozen(model):
+            kept_logits = model(x[rows])
+        loss = be.weighted_cross_entropy(kept_logits, y[rows], sel.weight[rows], s)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    totals['loss'] += sel.stats[1] * n
+    totals['correct'] += (logits.argmax(1) == y).sum()
+    totals['count'] += n
+    totals['kept'] += sel.counts[1]
+    totals['kept_loss_frac'] += sel.stats[0]
+    totals['kept_loss'] += loss.detach()
+    totals['truncated'] += sel.counts[0] > sel.counts[1]
+    totals['steps'] += 1
+    totals['rows_trained'] += rows_trained
+
+
+# ----------------------------------------------------------------------------------------------
+# A run
+
+def warm_up(hyp, data, device, dtype, blf_backend_module=None, steps=3):
+    """Run every step and eval shape on random data so cudnn autotuning, Triton compilation and
+    lazy init happen outside the timed region. The model and optimiser used here are thrown away."""
     gen = torch.Generator(device=device).manual_seed(12345)
     model = make_model(hyp['width'], device, dtype)
     opt = make_optimizer(model, hyp)
     bs = hyp['batch_size']
     x = torch.randn(bs, 3, 32, 32, device=device, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (bs,), device=device, generator=gen)
-    train_epoch(model, opt, [(x, y)] * steps, [hyp['lr'] * 0.01] * steps, hyp)
+    lr = [hyp['lr'] * 0.01] * steps
+    train_epoch(model, opt, [(x, y)] * steps, lr, hyp)
+    if blf_backend_module is not None:
+        blf = BLF(hyp, blf_backend_module, device, bs, seed=0)
+        sizes = [bs] if hyp['blf_mode'] == 'mask' else sorted({min(bs, k) for k in range(hyp['blf_bucket'], bs + hyp['blf_bucket'], hyp['blf_bucket'])})
+        for size in sizes:  # compact: every kept-batch shape the run can meet
+            blf.fixed_size = size
+            train_epoch(model, opt, [(x, y)], lr[:1], hyp, blf)
     n_test, ebs = len(data.test_y), hyp['eval_batch_size']
     for n in {min(ebs, n_test), n_test % ebs or ebs}:
         evaluate(model, [(x.new_zeros(n, 3, 32, 32).contiguous(memory_format=torch.channels_last), y.new_zeros(n))], tta=hyp['tta'])
@@ -220,41 +402,52 @@ def warm_up(hyp, data, device, dtype, steps=3):
         torch.cuda.synchronize()
 
 
-def train_run(hyp, data, seed, device, dtype, log):
-    """One full training run from `seed`. Returns (result dict, list of per-epoch rows)."""
+def epoch_row(seed, epoch, lr, totals, test, seconds, total):
+    count = totals['count'].item()
+    row = {'seed': seed, 'epoch': epoch, 'lr': lr,
+           'train_loss': totals['loss'].item() / count, 'train_acc': totals['correct'].item() / count,
+           'test_loss': test['loss'].item() / test['count'], 'test_acc': test['correct'].item() / test['count'],
+           'epoch_s': seconds, 'total_s': total}
+    if 'steps' in totals:  # a BLF epoch: what was kept, and what the compact passes cost
+        steps = totals['steps']
+        row.update(kept=totals['kept'].item() / count, kept_loss_frac=totals['kept_loss_frac'].item() / steps,
+                   full_loss=row['train_loss'], kept_loss=totals['kept_loss'].item() / steps,
+                   truncated_steps=int(totals['truncated'].item()), rows_trained=totals['rows_trained'] / count)
+    return row
+
+
+def train_run(hyp, data, seed, device, dtype, on_epoch, backend=None):
+    """One full training run from `seed`; on_epoch(row) gets each epoch's row. Returns the result."""
     torch.manual_seed(seed)
     data.reseed(seed)
     model = make_model(hyp['width'], device, dtype)
     opt = make_optimizer(model, hyp)
     steps_per_epoch = data.n_train // hyp['batch_size']
     lrs = lr_schedule(hyp, steps_per_epoch)
+    blf = BLF(hyp, backend, device, hyp['batch_size'], seed) if hyp['blf'] is not None else None
     clock = Stopwatch(device)
-    rows, total = [], 0.0
+    total = 0.0
     for epoch in range(hyp['epochs']):
         start = clock.mark()
         epoch_lrs = lrs[epoch * steps_per_epoch:(epoch + 1) * steps_per_epoch]
-        totals = train_epoch(model, opt, data.train_batches(hyp['batch_size']), epoch_lrs, hyp)
+        filtering = blf if blf is not None and epoch + 1 >= hyp['blf_start_epoch'] else None
+        totals = train_epoch(model, opt, data.train_batches(hyp['batch_size']), epoch_lrs, hyp, filtering)
         end = clock.mark()
         test = evaluate(model, data.test_batches(hyp['eval_batch_size']))  # not timed
         seconds = clock.seconds(start, end)  # the one sync of the epoch
         total += seconds
-        count = totals['count'].item()
-        row = {'seed': seed, 'epoch': epoch + 1, 'lr': epoch_lrs[-1],
-               'train_loss': totals['loss'].item() / count, 'train_acc': totals['correct'].item() / count,
-               'test_loss': test['loss'].item() / test['count'], 'test_acc': test['correct'].item() / test['count'],
-               'epoch_s': seconds, 'total_s': total}
+        row = epoch_row(seed, epoch + 1, epoch_lrs[-1], totals, test, seconds, total)
+        on_epoch(row)
         if not math.isfinite(row['train_loss']):
-            raise UserError(f'training diverged at epoch {epoch + 1} (loss {row["train_loss"]}); lower --lr')
-        rows.append(row)
-        log(format_row(row))
+            raise UserError(f'training diverged at epoch {epoch + 1}: the loss is {row["train_loss"]} '
+                            f'(BLF keeps non-finite rows, never hides them); try a lower --lr')
     start = clock.mark()
     final = evaluate(model, data.test_batches(hyp['eval_batch_size']), tta=hyp['tta'])
     end = clock.mark()
     eval_s = clock.seconds(start, end)
-    result = {'seed': seed, 'test_acc': final['correct'].item() / final['count'],
-              'test_loss': final['loss'].item() / final['count'], 'tta': hyp['tta'],
-              'train_s': total, 'eval_s': eval_s, 'time_s': total + eval_s}
-    return result, rows
+    return {'seed': seed, 'test_acc': final['correct'].item() / final['count'],
+            'test_loss': final['loss'].item() / final['count'], 'tta': hyp['tta'],
+            'train_s': total, 'eval_s': eval_s, 'time_s': total + eval_s}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -264,12 +457,21 @@ COLUMNS = [('epoch', '5d'), ('lr', '8.4f'), ('train_loss', '10.4f'), ('train_acc
            ('test_acc', '8.4f'), ('epoch_s', '8.3f'), ('total_s', '8.3f')]
 
 
-def table_header():
-    return '  '.join(f'{name:>{int(fmt.split(".")[0].rstrip("d"))}}' for name, fmt in COLUMNS)
+BLF_COLUMNS = [('kept', '6.3f'), ('kept_loss_frac', '14.3f'), ('full_loss', '9.4f'), ('kept_loss', '9.4f')]
 
 
-def format_row(row):
-    return '  '.join(f'{row[name]:{fmt}}' for name, fmt in COLUMNS)
+def table_columns(blf_on):
+    return COLUMNS[:5] + (BLF_COLUMNS if blf_on else []) + COLUMNS[5:]
+
+
+def table_header(blf_on=False):
+    return '  '.join(f'{name:>{int(fmt.split(".")[0].rstrip("d"))}}' for name, fmt in table_columns(blf_on))
+
+
+def format_row(row, blf_on=False):
+    # epochs before --blf-start-epoch train on everything: show them as keeping all of it
+    filled = {'kept': 1.0, 'kept_loss_frac': 1.0, 'full_loss': row['train_loss'], 'kept_loss': row['train_loss'], **row}
+    return '  '.join(f'{filled[name]:{fmt}}' for name, fmt in table_columns(blf_on))
 
 
 def environment(device):
@@ -343,7 +545,8 @@ class OneLineParser(argparse.ArgumentParser):
 def parse_args(argv):
     p = OneLineParser(description=__doc__.split('\n')[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for key, default in hyp.items():
-        p.add_argument('--' + key.replace('_', '-'), type=type(default), default=default, help=HELP[key])
+        options = FLAG_OPTIONS.get(key, {'type': type(default)})
+        p.add_argument('--' + key.replace('_', '-'), default=default, help=HELP[key], **options)
     p.add_argument('--seed', type=int, default=0, help='seed of the first run; run i uses seed+i')
     p.add_argument('--runs', type=int, default=1, help='number of runs (mean/std accuracy, median time)')
     p.add_argument('--data-dir', default='data', help='folder with cifar-10-batches-py/ or cifar-10-python.tar.gz')
@@ -374,6 +577,13 @@ def check_args(args):
         (args.runs >= 1, f'--runs must be at least 1, got {args.runs}'),
         (args.n_train is None or 1 <= args.n_train <= 50000, f'--n-train must be in 1..50000, got {args.n_train}'),
         (args.n_test is None or 1 <= args.n_test <= 10000, f'--n-test must be in 1..10000, got {args.n_test}'),
+        (args.blf is None or 0 < args.blf <= 1, f'--blf must be in (0, 1], got {args.blf}'),
+        (0 <= args.blf_min_samples <= 1, f'--blf-min-samples must be in [0, 1], got {args.blf_min_samples}'),
+        (args.blf_start_epoch >= 1, f'--blf-start-epoch must be at least 1, got {args.blf_start_epoch}'),
+        (args.blf_round_to >= 1, f'--blf-round-to must be at least 1, got {args.blf_round_to}'),
+        (args.blf_bucket >= 1, f'--blf-bucket must be at least 1, got {args.blf_bucket}'),
+        (args.subset_control == 'none' or args.blf is not None, '--subset-control random needs --blf P (its size)'),
+        (args.blf is None or args.batch_size <= BLF_MAX_BATCH, f'--blf works with batches up to {BLF_MAX_BATCH}'),
     ]
     for ok, message in checks:
         if not ok:
@@ -407,6 +617,7 @@ def run(args, argv):
     dtype = torch.float16 if device.type == 'cuda' else torch.float32
     if device.type == 'cuda':
         torch.backends.cudnn.benchmark = True
+    backend = blf_backend(h['blf_impl'], device) if h['blf'] is not None else None
 
     data_cpu = data_gpu.load_cifar10(args.data_dir, download=not args.no_download, log=print)
     data = data_gpu.DeviceCIFAR10(data_cpu, device, dtype, n_train=args.n_train, n_test=args.n_test,
@@ -426,16 +637,22 @@ def run(args, argv):
     log(f'# {env["device"]} | torch {env["torch"]} | {dtype} | {data.n_train} train / {len(data.test_y)} test images '
         f'| record: {record.path}')
     log('# time = training steps (augmentation included) + final evaluation; per-epoch test evals excluded')
-    warm_up(h, data, device, dtype)
+    warm_up(h, data, device, dtype, backend)
+    blf_on = h['blf'] is not None
+    if blf_on:
+        log(f'# BLF p={h["blf"]} q={h["blf_min_samples"]} from epoch {h["blf_start_epoch"]}, {h["blf_mode"]} mode, '
+            f'{h["blf_impl"]} kernels' + (', RANDOM-SUBSET CONTROL' if h['subset_control'] == 'random' else ''))
+
+    def on_epoch(row):
+        record.append_jsonl('epochs.jsonl', row)
+        log(format_row(row, blf_on))
 
     results = []
     for i in range(args.runs):
         seed = args.seed + i
         log(f'\nrun {i + 1}/{args.runs}, seed {seed}')
-        log(table_header())
-        result, rows = train_run(h, data, seed, device, dtype, log)
-        for row in rows:
-            record.append_jsonl('epochs.jsonl', row)
+        log(table_header(blf_on))
+        result = train_run(h, data, seed, device, dtype, on_epoch, backend)
         record.append_jsonl('runs.jsonl', result)
         results.append(result)
         tta = ' (flip TTA)' if h['tta'] else ''
