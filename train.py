@@ -140,7 +140,7 @@ def make_model(width, device, dtype):
 # Optimiser and schedule
 
 def make_optimizer(model, hyp):
-    return torch.optim.SGD(model.parameters(), lr=0.0, momentum=hyp['momentum'], nesterov=True,
+    return torch.optim.SGD(model.parameters(), lr=0.0, momentum=hyp['momentum'], nesterov=hyp['momentum'] > 0,
                            weight_decay=hyp['weight_decay'])
 
 

@@ -27,7 +27,7 @@ def _blocks(n_rows, n_cols):
 
 @triton.jit
 def _ce_forward_kernel(logits_ptr, labels_ptr, loss_ptr, lse_ptr, B, C, stride_b, smoothing,
-                       BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr):
+                       SMOOTHING: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     row_ok = rows < B
     y = tl.load(labels_ptr + rows, mask=row_ok, other=0)
@@ -46,7 +46,10 @@ def _ce_forward_kernel(logits_ptr, labels_ptr, loss_ptr, lse_ptr, B, C, stride_b
         m = m_new
         sum_x += tl.sum(x, axis=1)
         x_label += tl.sum(tl.where(cols[None, :] == y[:, None], x, 0.0), axis=1)
-    loss = (1 - smoothing) * (m - x_label) + smoothing * (m - sum_x / C) + tl.log(sum_exp)
+    if SMOOTHING:  # compiled out at s = 0, where 0 * (m - sum_x / C) would be NaN for a -inf logit
+        loss = (1 - smoothing) * (m - x_label) + smoothing * (m - sum_x / C) + tl.log(sum_exp)
+    else:
+        loss = (m - x_label) + tl.log(sum_exp)
     loss = tl.where((y >= 0) & (y < C), loss, float('nan'))
     tl.store(loss_ptr + rows, loss, mask=row_ok)
     tl.store(lse_ptr + rows, m + tl.log(sum_exp), mask=row_ok)
@@ -92,7 +95,8 @@ def cross_entropy_forward(logits, labels, smoothing=0.0, loss_out=None, lse_out=
         return loss, lse
     block_b, block_c = _blocks(n, c)
     _ce_forward_kernel[(triton.cdiv(n, block_b),)](logits, labels, loss, lse, n, c, logits.stride(0),
-                                                    float(smoothing), BLOCK_B=block_b, BLOCK_C=block_c)
+                                                    float(smoothing), SMOOTHING=smoothing != 0,
+                                                    BLOCK_B=block_b, BLOCK_C=block_c)
     return loss, lse
 
 

@@ -9,8 +9,12 @@ import torch.nn.functional as F
 from kernels import Selection
 
 
+def _at_least_fp32(t):
+    return t if t.dtype == torch.float64 else t.float()
+
+
 def cross_entropy_forward(logits, labels, smoothing=0.0):
-    x = logits.float()
+    x = _at_least_fp32(logits)
     losses = F.cross_entropy(x, labels, reduction='none', label_smoothing=smoothing)
     return losses, torch.logsumexp(x, dim=1)
 
@@ -39,5 +43,5 @@ def select_top_loss(losses, p, k_min=0, round_to=1, cap=None):
 
 
 def weighted_cross_entropy(logits, labels, weight, smoothing=0.0, losses=None, lse=None):
-    losses = F.cross_entropy(logits.float(), labels, reduction='none', label_smoothing=smoothing)
-    return torch.dot(weight, losses)
+    losses = F.cross_entropy(_at_least_fp32(logits), labels, reduction='none', label_smoothing=smoothing)
+    return torch.dot(weight.to(losses.dtype), losses)

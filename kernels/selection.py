@@ -55,7 +55,7 @@ def _select_kernel(loss_ptr, weight_ptr, order_ptr, counts_ptr, stats_ptr, B, p,
     kept_finite = tl.sum(tl.where(kept, value, 0.0), axis=0)
     tl.store(counts_ptr, k)
     tl.store(counts_ptr + 1, k_eff)
-    tl.store(stats_ptr, tl.where(total > 0, kept_finite / total, 1.0))
+    tl.store(stats_ptr, tl.where(total > 0, kept_finite / tl.where(total > 0, total, 1.0), 1.0))
     tl.store(stats_ptr + 1, tl.sum(tl.where(ok, raw, 0.0), axis=0) / B)
     tl.store(stats_ptr + 2, tl.sum(tl.where(kept, raw, 0.0), axis=0) / k_eff)
 

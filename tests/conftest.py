@@ -7,7 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import data_gpu
+# Triton can run kernels on CPU tensors only in its interpreter, which must be chosen before the
+# kernels are defined (at import). Without a GPU, turn it on for the whole test session.
+if not torch.cuda.is_available():
+    os.environ.setdefault('TRITON_INTERPRET', '1')
+
+import data_gpu  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / 'shared' / 'cifar10'

@@ -1,0 +1,179 @@
+"""BatchLossFilter inside training: gradients, compact mode, the random control, CLI and records."""
+import copy
+import json
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import train
+from conftest import run_script
+from kernels import reference
+
+IMPLS = ['triton', 'torch']
+
+
+def setup(cifar, impl, mode, n=96, smoothing=0.1, seed=0, **extra):
+    torch.manual_seed(seed)
+    h = {**train.hyp, 'blf': 0.7, 'blf_mode': mode, 'blf_impl': impl, 'label_smoothing': smoothing,
+         'weight_decay': 0.0, 'momentum': 0.0, **extra}
+    model = train.make_model(0.25, 'cpu', torch.float32)
+    opt = train.make_optimizer(model, h)  # lr 0: step() leaves the weights, .grad keeps the gradient
+    x = train.data_gpu.normalize(cifar['train_x'][:n], torch.float32).contiguous(memory_format=torch.channels_last)
+    y = cifar['train_y'][:n]
+    blf = train.BLF(h, train.blf_backend(impl, 'cpu'), 'cpu', n, seed)
+    return h, model, opt, x, y, blf
+
+
+def grads(model):
+    return [p.grad.clone() for p in model.parameters()]
+
+
+def new_totals():
+    return {**{k: torch.zeros(()) for k in ('loss', 'correct', 'count') + train.BLF_TOTALS}, 'steps': 0, 'rows_trained': 0}
+
+
+@pytest.mark.parametrize('impl', IMPLS)
+def test_mask_step_gradient_equals_autograd_of_mean_loss_over_reference_kept_rows(cifar, impl):
+    h, model, opt, x, y, blf = setup(cifar, impl, 'mask')
+    before = copy.deepcopy(model)
+    totals = new_totals()
+    train.blf_train_step(model, opt, x, y, h, totals, blf)
+    got = grads(model)
+
+    logits = before(x).float()
+    losses = F.cross_entropy(logits, y, reduction='none', label_smoothing=h['label_smoothing'])
+    sel = reference.select_top_loss(losses.detach(), h['blf'])
+    kept = sel.order[:int(sel.counts[0])]
+    assert 0 < len(kept) < len(y)
+    losses[kept].mean().backward()
+    for g, p in zip(got, before.parameters()):
+        torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-6)
+    assert totals['kept'].item() == len(kept) and totals['steps'] == 1
+    torch.testing.assert_close(totals['kept_loss'], losses[kept].mean().detach(), rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(totals['loss'] / totals['count'], losses.mean().detach(), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize('impl', IMPLS)
+def test_compact_step_trains_on_the_kept_rows_and_only_the_full_pass_moves_bn_statistics(cifar, impl):
+    h, model, opt, x, y, blf = setup(cifar, impl, 'compact', blf_bucket=8)
+    before = copy.deepcopy(model)
+    blf.count.value = 40  # as if an earlier step had kept 40 rows: this step runs on 40
+    totals = new_totals()
+    train.blf_train_step(model, opt, x, y, h, totals, blf)
+    got = grads(model)
+
+    with torch.no_grad():  # the scoring pass, BN in train mode on the full batch
+        losses = F.cross_entropy(before(x).float(), y, reduction='none', label_smoothing=h['label_smoothing'])
+    bn_after_scoring = [b.clone() for name, b in before.named_buffers() if 'running' in name]
+    sel = reference.select_top_loss(losses, h['blf'], cap=40)
+    k, k_eff = sel.counts.tolist()
+    rows = sel.order[:40]
+    with train.running_stats_frozen(before):
+        kept_losses = F.cross_entropy(before(x[rows]).float(), y[rows], reduction='none',
+                                      label_smoothing=h['label_smoothing'])
+    kept_losses[:k_eff].mean().backward()  # rows beyond k_eff ride along with weight 0
+    for g, p in zip(got, before.parameters()):
+        torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-6)
+    bn_now = [b for name, b in model.named_buffers() if 'running' in name]
+    for a, b in zip(bn_now, bn_after_scoring):
+        torch.testing.assert_close(a, b)
+    assert totals['rows_trained'] == 40 and totals['truncated'].item() == float(k > 40)
+    assert blf.count.latest() == k, 'the count of this step feeds the next one'
+
+
+def test_random_control_keeps_as_many_rows_but_not_the_top_ones(cifar):
+    h, model, opt, x, y, blf = setup(cifar, 'torch', 'mask', n=256, subset_control='random')
+    with torch.no_grad():
+        losses = F.cross_entropy(model(x).float(), y, reduction='none')
+    top = reference.select_top_loss(losses, h['blf'])
+    rand = blf.select(losses, cap=256)
+    k = int(top.counts[1])
+    assert torch.equal(rand.counts, top.counts)
+    assert (rand.weight > 0).sum() == k and torch.allclose(rand.weight.sum(), torch.tensor(1.0))
+    assert not torch.equal(rand.weight > 0, top.weight > 0)
+    torch.testing.assert_close(rand.stats[2], losses[rand.weight > 0].mean())
+    again = train.BLF(h, blf.backend, 'cpu', 256, seed=0).select(losses, cap=256)
+    assert torch.equal(again.order, rand.order), 'the control is seeded'
+
+
+def test_lagged_count_on_cpu_gives_the_previous_step():
+    count = train.LaggedCount('cpu', initial=512)
+    assert count.latest() == 512
+    count.push(torch.tensor(100, dtype=torch.int32))
+    count.push(torch.tensor(120, dtype=torch.int32))
+    assert count.latest() == 120
+
+
+def test_kept_size_rounds_up_to_the_bucket_and_never_exceeds_the_batch(cifar):
+    h, model, opt, x, y, blf = setup(cifar, 'torch', 'compact', blf_bucket=64)
+    blf.batch_size = 512
+    for latest, size in [(1, 64), (64, 64), (65, 128), (500, 512), (512, 512)]:
+        blf.count.value = latest
+        assert blf.kept_size() == size
+
+
+@pytest.mark.parametrize('args, pattern', [
+    (['--blf', '0'], '--blf must be in (0, 1]'),
+    (['--blf', '1.5'], '--blf must be in (0, 1]'),
+    (['--blf', '0.9', '--blf-min-samples', '2'], '--blf-min-samples must be in [0, 1]'),
+    (['--blf', '0.9', '--blf-start-epoch', '0'], '--blf-start-epoch must be at least 1'),
+    (['--blf', '0.9', '--blf-round-to', '0'], '--blf-round-to must be at least 1'),
+    (['--subset-control', 'random'], '--subset-control random needs --blf'),
+    (['--blf', '0.9', '--blf-mode', 'fast'], "argument --blf-mode: invalid choice: 'fast'"),
+    (['--blf', '0.9', '--blf-impl', 'cuda'], "argument --blf-impl: invalid choice: 'cuda'"),
+])
+def test_bad_blf_values_give_one_line_errors(args, pattern, tmp_path):
+    res = run_script('train.py', '--device', 'cpu', *args, '--out-dir', tmp_path)
+    assert res.returncode != 0 and 'Traceback' not in res.stderr
+    assert res.stderr.strip().count('\n') == 0 and pattern in res.stderr, res.stderr
+
+
+def record_rows(tmp_path):
+    (record,) = [os.path.join(tmp_path, d) for d in os.listdir(tmp_path)]
+    with open(os.path.join(record, 'epochs.jsonl')) as fh:
+        return [json.loads(line) for line in fh], record
+
+
+@pytest.mark.parametrize('mode, impl, control', [('compact', 'triton', 'none'), ('mask', 'torch', 'random')])
+def test_cpu_run_with_blf_records_the_kept_fraction_per_epoch(cifar_dir, tmp_path, mode, impl, control):
+    res = run_script('train.py', '--device', 'cpu', '--data-dir', cifar_dir, '--out-dir', tmp_path,
+                     '--n-train', 1024, '--n-test', 200, '--epochs', 3, '--width', 0.125, '--batch-size', 256,
+                     '--blf', 0.9, '--blf-start-epoch', 2, '--blf-mode', mode, '--blf-impl', impl,
+                     '--subset-control', control)
+    assert res.returncode == 0, res.stderr
+    rows, record = record_rows(tmp_path)
+    assert 'kept' not in rows[0], 'epoch 1 is before --blf-start-epoch'
+    for row in rows[1:]:
+        assert 0 < row['kept'] < 1 and 0.85 <= row['kept_loss_frac'] <= 1 and row['full_loss'] == row['train_loss']
+        assert row['rows_trained'] == 1.0 if mode == 'mask' else row['kept'] <= row['rows_trained'] <= 1
+    if control == 'none':  # the top losses weigh more than the average ones
+        assert all(row['kept_loss'] > row['full_loss'] for row in rows[1:])
+    assert 'kept_loss_frac' in res.stdout
+    config = json.load(open(os.path.join(record, 'config.json')))
+    assert config['hyp']['blf'] == 0.9 and config['hyp']['subset_control'] == control
+    assert os.path.isfile(os.path.join(record, 'source', 'kernels', 'selection.py'))
+
+
+# ---- GPU: a whole BLF epoch without a host sync --------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.parametrize('mode', ['mask', 'compact'])
+@pytest.mark.parametrize('impl', IMPLS)
+def test_gpu_blf_epoch_has_no_host_sync(cifar, mode, impl):
+    h = {**train.hyp, 'blf': 0.9, 'blf_mode': mode, 'blf_impl': impl}
+    data = train.data_gpu.DeviceCIFAR10(cifar, 'cuda', torch.float16, n_train=10240, n_test=1000)
+    backend = train.blf_backend(impl, 'cuda')
+    train.warm_up(h, data, 'cuda', torch.float16, backend)
+    model = train.make_model(1.0, 'cuda', torch.float16)
+    opt = train.make_optimizer(model, h)
+    lrs = train.lr_schedule(h, data.n_train // h['batch_size'])
+    blf = train.BLF(h, backend, 'cuda', h['batch_size'], seed=0)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode('error')
+    try:
+        totals = train.train_epoch(model, opt, data.train_batches(h['batch_size']), lrs, h, blf)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert totals['steps'] == 20 and 0 < totals['kept'].item() <= totals['count'].item()

@@ -1,0 +1,328 @@
+"""Triton BLF kernels against plain torch (float64 where it matters): values, gradients, selection.
+
+On a CPU machine these run under TRITON_INTERPRET=1 (conftest turns it on); on a GPU machine, run
+natively on CUDA tensors. Outputs are poisoned (NaN / -7) before each call so unwritten rows fail.
+"""
+import math
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import kernels.cross_entropy as ce
+import kernels.selection as selection
+from kernels import reference, triton_impl
+
+INTERPRET = os.environ.get('TRITON_INTERPRET') == '1'
+DEVICE = 'cuda' if torch.cuda.is_available() and not INTERPRET else 'cpu'
+if DEVICE == 'cpu' and not INTERPRET:
+    pytest.skip('CPU tensors need TRITON_INTERPRET=1', allow_module_level=True)
+
+
+class PoisonedTorch:
+    """torch, except that new tensors come pre-filled with NaN (floats) or -7 (integers)."""
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    @staticmethod
+    def _poison(t):
+        return t.fill_(float('nan') if t.is_floating_point() else -7)
+
+    def empty(self, *args, **kwargs):
+        return self._poison(torch.empty(*args, **kwargs))
+
+    def empty_like(self, *args, **kwargs):
+        return self._poison(torch.empty_like(*args, **kwargs))
+
+
+@pytest.fixture(autouse=True)
+def poisoned_outputs(monkeypatch):
+    monkeypatch.setattr(ce, 'torch', PoisonedTorch())
+    monkeypatch.setattr(selection, 'torch', PoisonedTorch())
+
+
+def gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+# ---- per-sample cross-entropy: forward and weighted backward --------------------------------
+
+def float64_reference(logits, labels, weight, smoothing, grad_out):
+    x = logits.double().requires_grad_()
+    losses = F.cross_entropy(x, labels, reduction='none', label_smoothing=smoothing)
+    (grad,) = torch.autograd.grad((losses * weight.double()).sum() * grad_out, x)
+    return losses.detach(), torch.logsumexp(x.detach(), 1), grad
+
+
+def check_cross_entropy(logits, labels, weight, smoothing, grad_out=0.7):
+    want_loss, want_lse, want_grad = float64_reference(logits.cpu(), labels.cpu(), weight.cpu(), smoothing, grad_out)
+    loss, lse = ce.cross_entropy_forward(logits, labels, smoothing)
+    grad = ce.cross_entropy_backward(logits, labels, lse, weight, torch.tensor([grad_out], device=logits.device), smoothing)
+    assert loss.dtype == lse.dtype == torch.float32 and grad.dtype == logits.dtype
+    scale = want_loss.abs().max().item() + 1
+    torch.testing.assert_close(loss.cpu().double(), want_loss, atol=2e-6 * scale, rtol=2e-6, equal_nan=True)
+    torch.testing.assert_close(lse.cpu().double(), want_lse, atol=2e-6 * scale, rtol=2e-6, equal_nan=True)
+    # fp32 grads: fp32 arithmetic; fp16/bf16 grads: also rounded once when stored
+    atol = {torch.float32: 2e-6, torch.float16: 1e-3, torch.bfloat16: 8e-3}[logits.dtype]
+    torch.testing.assert_close(grad.cpu().double(), want_grad, atol=atol, rtol=0, equal_nan=True)
+    assert torch.all(grad[weight == 0] == 0), 'rows with weight 0 must get exactly 0'
+    return loss, grad
+
+
+@pytest.mark.parametrize('batch', [1, 7, 64, 333, 512, 1024, 4096])
+@pytest.mark.parametrize('classes', [10, 100])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float16])
+def test_cross_entropy_matches_float64_torch(batch, classes, dtype):
+    g = gen(batch * 1000 + classes)
+    logits = (torch.randn(batch, classes, generator=g) * 4).to(dtype).to(DEVICE)
+    labels = torch.randint(0, classes, (batch,), generator=g).to(DEVICE)
+    weight = torch.rand(batch, generator=g) * (torch.rand(batch, generator=g) < 0.6)
+    for smoothing in (0.0, 0.2):
+        check_cross_entropy(logits, labels, weight.to(DEVICE), smoothing)
+
+
+def test_cross_entropy_many_classes_takes_several_column_blocks():
+    g = gen(1)
+    logits = torch.randn(37, 1000, generator=g).to(DEVICE) * 10  # 1000 > the 256-wide column block
+    labels = torch.randint(0, 1000, (37,), generator=g).to(DEVICE)
+    check_cross_entropy(logits, labels, torch.full((37,), 1 / 37, device=DEVICE), 0.1)
+
+
+@pytest.mark.parametrize('case', ['zeros', 'ties', 'huge_fp32', 'huge_fp16', 'tiny', 'minus_inf'])
+def test_cross_entropy_extreme_values(case):
+    g = gen(2)
+    b, c = 33, 10
+    labels = torch.randint(0, c, (b,), generator=g)
+    x = torch.randn(b, c, generator=g)
+    dtype = torch.float32
+    if case == 'zeros':
+        x = torch.zeros(b, c)
+    elif case == 'ties':
+        x = torch.full((b, c), 3.0)
+        x[:, 0] = 5.0  # a tie between label and non-label logits on some rows
+        x[:, 1] = 5.0
+    elif case == 'huge_fp32':
+        x = x * 1e30
+    elif case == 'huge_fp16':
+        x, dtype = (x.clamp(-1, 1) * 60000), torch.float16
+    elif case == 'tiny':
+        x = x * 1e-30
+    elif case == 'minus_inf':  # impossible classes: fine unless it is the label (or smoothing is on)
+        x[torch.arange(b), (labels + 1) % c] = -torch.inf
+    weight = torch.rand(b, generator=g)
+    for smoothing in (0.0, 0.2):
+        loss, _ = check_cross_entropy(x.to(dtype).to(DEVICE), labels.to(DEVICE), weight.to(DEVICE), smoothing)
+        if case == 'minus_inf':
+            assert torch.isfinite(loss).all() if smoothing == 0 else torch.isinf(loss).all()
+        else:
+            assert torch.isfinite(loss).all()
+    if case == 'zeros':
+        torch.testing.assert_close(loss.cpu(), torch.full((b,), math.log(c)))
+
+
+def test_nan_rows_and_bad_labels_give_nan_losses_never_a_wrong_number():
+    x = torch.randn(6, 10)
+    x[2, 4] = torch.nan
+    labels = torch.tensor([0, 1, 2, 10, -1, 9])  # 10 and -1 are out of range
+    loss, lse = ce.cross_entropy_forward(x.to(DEVICE), labels.to(DEVICE), 0.1)
+    assert torch.isnan(loss.cpu()).tolist() == [False, False, True, True, True, False]
+    weight = torch.tensor([0.5, 0.5, 0.0, 0.0, 0.0, 0.0], device=DEVICE)
+    grad = ce.cross_entropy_backward(x.to(DEVICE), labels.to(DEVICE), lse, weight, torch.ones(1, device=DEVICE), 0.1)
+    assert torch.all(grad[2:] == 0) and torch.isfinite(grad).all()
+
+
+def test_weighted_cross_entropy_autograd_matches_torch():
+    g = gen(3)
+    x = torch.randn(50, 10, generator=g, dtype=torch.float64).float()
+    y = torch.randint(0, 10, (50,), generator=g)
+    w = torch.rand(50, generator=g) * (torch.arange(50) % 3 != 0)
+    xt = x.clone().to(DEVICE).requires_grad_()
+    value = triton_impl.weighted_cross_entropy(xt, y.to(DEVICE), w.to(DEVICE), 0.2)
+    (3 * value).backward()
+    xr = x.clone().double().requires_grad_()
+    want = reference.weighted_cross_entropy(xr, y, w.double(), 0.2)
+    (3 * want).backward()
+    torch.testing.assert_close(value.cpu().double(), want.detach(), atol=1e-5, rtol=1e-6)
+    torch.testing.assert_close(xt.grad.cpu().double(), xr.grad, atol=1e-6, rtol=0)
+
+
+def test_bad_shapes_are_refused():
+    with pytest.raises(ValueError, match='expected logits'):
+        ce.cross_entropy_forward(torch.zeros(4, 10, device=DEVICE), torch.zeros(5, dtype=torch.long, device=DEVICE))
+    with pytest.raises(ValueError, match='1-D'):
+        selection.select_top_loss(torch.zeros(2, 3, device=DEVICE), 0.5)
+
+
+# ---- selection ----------------------------------------------------------------------------------
+
+def run_both(losses, p, k_min=0, round_to=1, cap=None):
+    got = selection.select_top_loss(losses.to(DEVICE), p, k_min, round_to, cap)
+    want = reference.select_top_loss(losses, p, k_min, round_to, cap)
+    return got, want
+
+
+def assert_same_selection(got, want):
+    assert torch.equal(got.order.cpu(), want.order)
+    assert torch.equal(got.counts.cpu(), want.counts)
+    assert torch.equal(got.weight.cpu(), want.weight)
+    torch.testing.assert_close(got.stats.cpu(), want.stats, rtol=1e-5, atol=1e-6, equal_nan=True)
+
+
+# The interpreter runs tl.sort as a bitonic network op by op (~13 s at B = 4096 on a CPU core), so
+# the full grid stops at 512 here; 4096 gets single launches below, 16384 runs in the GPU tests.
+@pytest.mark.parametrize('batch', [1, 7, 64, 333, 512])
+@pytest.mark.parametrize('p', [1e-6, 0.5, 0.9, 1.0])
+@pytest.mark.parametrize('q', [0.0, 0.25])
+def test_selection_matches_reference_exactly(batch, p, q):
+    # Losses on a 1/64 grid below 8: every partial sum is exact in fp32 whatever the summation
+    # order, so kernel and reference must agree bit for bit (many ties included).
+    g = gen(batch + int(p * 100) + int(q * 10))
+    losses = torch.randint(0, 512, (batch,), generator=g).float() / 64
+    k_min = selection.min_samples(q, batch)
+    for round_to in (1, 8):
+        got, want = run_both(losses, p, k_min, round_to)
+        assert_same_selection(got, want)
+        k = int(got.counts[0])
+        assert k >= max(k_min, 1) and k % round_to == 0 or k == batch
+
+
+def test_selection_of_4096_in_one_launch_matches_reference():
+    losses = torch.randint(0, 512, (4096,), generator=gen(4096)).float() / 64
+    got, want = run_both(losses, 0.9, selection.min_samples(0.25, 4096), round_to=8)
+    assert_same_selection(got, want)
+
+
+def check_rule(losses, ps, device):
+    # Arbitrary floats: fp32 sums may round differently from float64, so check the rule itself
+    # (k is the first count whose cumulative loss reaches p * total, up to fp32 rounding).
+    batch = len(losses)
+    for p in ps:
+        sel = selection.select_top_loss(losses.to(device), p)
+        order, k = sel.order.cpu(), int(sel.counts[0])
+        want_order = torch.sort(losses, descending=True, stable=True).indices
+        assert torch.equal(order, want_order)
+        cum = torch.cumsum(losses.double()[order], 0)
+        threshold = p * cum[-1]
+        assert cum[k - 1] >= threshold * (1 - 1e-6)
+        assert k == 1 or cum[k - 2] < threshold * (1 + 1e-6)
+        assert torch.equal(sel.weight.cpu() > 0, torch.isin(torch.arange(batch), order[:k]))
+        torch.testing.assert_close(sel.weight.cpu().sum(), torch.tensor(1.0))
+
+
+@pytest.mark.parametrize('batch, ps', [(5, (0.3, 0.9, 0.99)), (100, (0.3, 0.9, 0.99)), (1000, (0.3, 0.9, 0.99)),
+                                       (4096, (0.9,))])
+def test_selection_obeys_the_rule_on_continuous_losses(batch, ps):
+    check_rule(torch.rand(batch, generator=gen(batch)) ** 3 * 5, ps, DEVICE)
+
+
+def kept_rows(sel):
+    return sorted(sel.order[:int(sel.counts[1])].tolist())
+
+
+def test_the_sample_that_crosses_the_threshold_is_kept():
+    losses = torch.tensor([1.0, 4.0, 2.0, 3.0])  # total 10; sorted 4, 3, 2, 1; cumsum 4, 7, 9, 10
+    for p, k in [(0.4, 1), (0.41, 2), (0.7, 2), (0.71, 3), (0.9, 3), (0.91, 4), (1.0, 4)]:
+        got, want = run_both(losses, p)
+        assert_same_selection(got, want)
+        assert int(got.counts[0]) == k, (p, k)
+    got, _ = run_both(losses, 0.71)
+    assert kept_rows(got) == [1, 2, 3]
+    torch.testing.assert_close(got.weight.cpu(), torch.tensor([0, 1 / 3, 1 / 3, 1 / 3]))
+    torch.testing.assert_close(got.stats.cpu(), torch.tensor([0.9, 2.5, 3.0]))
+
+
+def test_ties_keep_the_lower_index():
+    got, want = run_both(torch.tensor([1.0, 2.0, 2.0, 2.0, 1.0]), 0.5)  # total 8: 2 + 2 reaches 4
+    assert_same_selection(got, want)
+    assert got.order.tolist() == [1, 2, 3, 0, 4] and kept_rows(got) == [1, 2]
+
+
+def test_all_equal_losses():
+    got, want = run_both(torch.ones(10), 0.9)
+    assert_same_selection(got, want)
+    assert int(got.counts[0]) == 9 and kept_rows(got) == list(range(9))
+
+
+def test_one_dominant_loss():
+    losses = torch.full((512,), 1e-3)
+    losses[300] = 50.0
+    got, want = run_both(losses, 0.9)
+    assert_same_selection(got, want)
+    assert kept_rows(got) == [300]
+
+
+def test_all_zero_losses_keep_one_sample_or_the_minimum():
+    got, want = run_both(torch.zeros(64), 0.9)
+    assert_same_selection(got, want)
+    assert int(got.counts[0]) == 1 and got.stats[0].item() == 1.0
+    got, want = run_both(torch.zeros(64), 0.9, k_min=selection.min_samples(0.25, 64))
+    assert_same_selection(got, want)
+    assert int(got.counts[0]) == 16 and kept_rows(got) == list(range(16))
+
+
+def test_huge_and_negative_zero_losses():
+    losses = torch.tensor([1e30, 3.0, -0.0, 2e30, 1.0, -1e-7])  # -1e-7: rounding below 0 counts as 0
+    got, want = run_both(losses, 0.5)
+    assert_same_selection(got, want)
+    assert got.order.tolist()[:2] == [3, 0] and kept_rows(got) == [3]
+
+
+def test_non_finite_losses_are_kept_first_and_show_in_the_means():
+    losses = torch.tensor([1.0, float('nan'), 2.0, float('inf'), -float('inf'), 0.5])
+    got, want = run_both(losses, 0.5)
+    assert_same_selection(got, want)
+    assert got.order.tolist() == [1, 3, 4, 2, 0, 5]
+    assert int(got.counts[0]) == 4 and kept_rows(got) == [1, 2, 3, 4]  # 3 bad + the 2.0 that crosses 1.75
+    assert torch.isnan(got.stats[1]) and torch.isnan(got.stats[2])
+    all_bad = run_both(torch.full((5,), float('nan')), 0.9)[0]
+    assert int(all_bad.counts[0]) == 5
+
+
+def test_rounding_up_and_the_cap():
+    losses = torch.arange(20, 0, -1).float()  # 20, 19, ..., 1: total 210
+    got, want = run_both(losses, 0.05, round_to=8)  # k_loss = 1 -> 8
+    assert_same_selection(got, want)
+    assert int(got.counts[0]) == 8
+    got, want = run_both(losses, 0.97, round_to=8)  # cumsum reaches 203.7 at k = 17 -> 24 -> capped at B = 20
+    assert_same_selection(got, want)
+    assert int(got.counts[0]) == 20
+    got, want = run_both(losses, 0.9, cap=5)  # 20 + ... + 7 = 189 = 0.9 * 210: k = 14, only 5 afforded
+    assert_same_selection(got, want)
+    assert got.counts.tolist() == [14, 5] and kept_rows(got) == [0, 1, 2, 3, 4]
+    torch.testing.assert_close(got.weight.cpu().sum(), torch.tensor(1.0))
+
+
+def test_min_samples_is_an_exact_ceiling():
+    assert selection.min_samples(0.3, 10) == 3  # 0.3 * 10 = 3.0000000000000004 in floats
+    assert selection.min_samples(0.25, 333) == 84
+    assert selection.min_samples(0.0, 512) == 0 and selection.min_samples(1.0, 512) == 512
+
+
+# ---- on the GPU, natively ------------------------------------------------------------------------
+
+@pytest.mark.gpu
+@pytest.mark.parametrize('dtype', [torch.float16, torch.float32])
+def test_gpu_kernels_match_reference(dtype):
+    g = torch.Generator(device='cuda').manual_seed(0)
+    for batch in (512, 1024, 4096):
+        logits = (torch.randn(batch, 10, device='cuda', generator=g) * 3).to(dtype)
+        labels = torch.randint(0, 10, (batch,), device='cuda', generator=g)
+        loss, lse = triton_impl.cross_entropy_forward(logits, labels, 0.2)
+        want_loss, want_lse = reference.cross_entropy_forward(logits.double(), labels, 0.2)
+        torch.testing.assert_close(loss.double(), want_loss, atol=1e-5, rtol=1e-5)
+        sel = triton_impl.select_top_loss((loss * 64).round() / 64, 0.9)
+        want = reference.select_top_loss((loss * 64).round() / 64, 0.9)
+        assert torch.equal(sel.order, want.order) and torch.equal(sel.counts, want.counts)
+        assert torch.equal(sel.weight, want.weight)
+
+
+@pytest.mark.gpu
+def test_gpu_selection_of_16384():
+    losses = torch.rand(16384, generator=gen(16384)) ** 3 * 5
+    check_rule(losses, (0.3, 0.9, 0.99), 'cuda')
+    grid = (losses * 64).round() / 64
+    got = triton_impl.select_top_loss(grid.cuda(), 0.9, 100, 8)
+    want = reference.select_top_loss(grid, 0.9, 100, 8)
+    assert torch.equal(got.order.cpu(), want.order) and torch.equal(got.counts.cpu(), want.counts)
