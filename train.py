@@ -495,24 +495,29 @@ def environment(device):
             'host': platform.node(), 'platform': platform.platform()}
 
 
+def new_folder(parent, prefix=''):
+    """A folder that did not exist before, named by the time: parent/<prefix><date>-<time>[-N]."""
+    stamp = prefix + time.strftime('%Y%m%d-%H%M%S')
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as e:
+        raise UserError(f'cannot create the output folder {parent}: {e.strerror}') from None
+    for suffix in [''] + [f'-{i}' for i in range(2, 1000)]:
+        try:
+            path = os.path.join(parent, stamp + suffix)
+            os.mkdir(path)
+            return path
+        except FileExistsError:
+            continue
+    raise UserError(f'too many folders named {stamp}-N in {parent}')
+
+
 class Record:
     """A new folder per invocation (never reuses one); the log, JSON and a copy of the source."""
 
     def __init__(self, out_dir):
-        stamp = time.strftime('%Y%m%d-%H%M%S')
-        try:
-            os.makedirs(out_dir, exist_ok=True)
-        except OSError as e:
-            raise UserError(f'cannot create the output folder {out_dir}: {e.strerror}') from None
-        for suffix in [''] + [f'-{i}' for i in range(2, 1000)]:
-            path = os.path.join(out_dir, stamp + suffix)
-            try:
-                os.mkdir(path)
-                break
-            except FileExistsError:
-                continue
-        self.path = path
-        self.log_file = open(os.path.join(path, 'log.txt'), 'w')
+        self.path = new_folder(out_dir)
+        self.log_file = open(os.path.join(self.path, 'log.txt'), 'w')
 
     def log(self, line=''):
         print(line, flush=True)

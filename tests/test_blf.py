@@ -177,3 +177,14 @@ def test_gpu_blf_epoch_has_no_host_sync(cifar, mode, impl):
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert totals['steps'] == 20 and 0 < totals['kept'].item() <= totals['count'].item()
+
+
+def test_benchmark_runs_and_writes_its_tables(tmp_path):
+    res = run_script('bench_blf.py', '--device', 'cpu', '--batch-sizes', '16,33', '--reps', 2, '--out', tmp_path)
+    assert res.returncode == 0, res.stderr
+    (out,) = [os.path.join(tmp_path, d) for d in os.listdir(tmp_path)]
+    with open(os.path.join(out, 'bench.csv')) as fh:
+        lines = fh.read().splitlines()
+    assert lines[0].startswith('batch,triton_ms') and [l.split(',')[0] for l in lines[1:]] == ['16', '33']
+    assert 'interpreter' in res.stdout and os.path.isfile(os.path.join(out, 'bench.md'))
+    assert run_script('bench_blf.py', '--batch-sizes', 'x').returncode != 0

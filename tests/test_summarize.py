@@ -1,0 +1,27 @@
+import json
+import os
+
+from conftest import run_script
+
+
+def fake_record(folder, seeds_accs_times, kept):
+    os.makedirs(folder)
+    with open(os.path.join(folder, 'runs.jsonl'), 'w') as fh:
+        for seed, acc, t in seeds_accs_times:
+            fh.write(json.dumps({'seed': seed, 'test_acc': acc, 'time_s': t}) + '\n')
+    with open(os.path.join(folder, 'epochs.jsonl'), 'w') as fh:
+        for seed, _, _ in seeds_accs_times:
+            for epoch, k in enumerate(kept, 1):
+                fh.write(json.dumps({'seed': seed, 'epoch': epoch, **({'kept': k} if k < 1 else {})}) + '\n')
+
+
+def test_groups_pool_their_records(tmp_path):
+    fake_record(tmp_path / 'blf' / 'r1', [(0, 0.941, 10.0)], [1.0, 0.5, 0.25])
+    fake_record(tmp_path / 'blf' / 'r2', [(1, 0.943, 12.0), (2, 0.945, 11.0)], [1.0, 0.7, 0.35])
+    fake_record(tmp_path / 'base', [(0, 0.94, 20.0)], [1.0, 1.0, 1.0])
+    res = run_script('summarize.py', tmp_path / 'blf', tmp_path / 'base')
+    assert res.returncode == 0, res.stderr
+    blf, base = res.stdout.splitlines()[2:]
+    assert '| 3 | 0.9430 ± 0.0020 [0.9410, 0.9450]' in blf and '11.00 [10.00, 12.00]' in blf
+    assert blf.endswith('| 1.00 0.63 0.32 |') and base.endswith('| 1.00 1.00 1.00 |')
+    assert run_script('summarize.py', tmp_path / 'nothing').returncode != 0
