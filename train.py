@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 
 import torch
 import torch.nn as nn
@@ -232,7 +233,7 @@ def evaluate(model, batches, tta=0):
 # ----------------------------------------------------------------------------------------------
 # BatchLossFilter: keep the samples that make up a share of the batch loss (kernels/ does the work)
 
-BLF_MAX_BATCH = 16384  # one selection program sorts the whole batch
+BLF_MAX_BATCH = 16384  # = kernels/selection.py's MAX_BATCH: one Triton program sorts the whole batch
 BLF_TOTALS = ('kept', 'kept_loss_frac', 'kept_loss', 'truncated')
 
 
@@ -243,6 +244,8 @@ def blf_backend(impl, device):
         return reference
     if torch.device(device).type == 'cpu':
         os.environ.setdefault('TRITON_INTERPRET', '1')  # Triton runs on CPU tensors only in its interpreter
+        # numpy warns when the interpreter meets NaN/Inf; BLF handles those rows itself (see README)
+        warnings.filterwarnings('ignore', category=RuntimeWarning, module='triton.runtime.interpreter')
     try:
         from kernels import triton_impl
     except ImportError as e:
@@ -588,7 +591,8 @@ def check_args(args):
         (args.blf_round_to >= 1, f'--blf-round-to must be at least 1, got {args.blf_round_to}'),
         (args.blf_bucket >= 1, f'--blf-bucket must be at least 1, got {args.blf_bucket}'),
         (args.subset_control == 'none' or args.blf is not None, '--subset-control random needs --blf P (its size)'),
-        (args.blf is None or args.batch_size <= BLF_MAX_BATCH, f'--blf works with batches up to {BLF_MAX_BATCH}'),
+        (args.blf is None or args.blf_impl != 'triton' or args.batch_size <= BLF_MAX_BATCH,
+         f'--blf-impl triton takes batches up to {BLF_MAX_BATCH}; use --blf-impl torch for larger ones'),
     ]
     for ok, message in checks:
         if not ok:

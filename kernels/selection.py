@@ -21,7 +21,6 @@ import triton.language as tl
 from kernels import Selection
 
 MAX_BATCH = 16384
-_LOW = 2147483647  # 2^31 - 1: the low word holds _LOW - index, so ties sort lower index first
 
 
 @triton.jit
@@ -33,10 +32,12 @@ def _select_kernel(loss_ptr, weight_ptr, order_ptr, counts_ptr, stats_ptr, B, p,
     finite = (loss == loss) & (tl.abs(loss) < float('inf'))
     clean = tl.where(finite & (loss > 0), loss, 0.0)  # also turns -0.0 and rounding negatives into +0
     bits = tl.where(finite, clean.to(tl.int32, bitcast=True), 0x7F800000)  # non-finite sort as +Inf
-    key = (bits.to(tl.int64) << 32) | (_LOW - rank).to(tl.int64)
+    # low word: 2^31 - 1 - index, so that ties sort lower index first (a literal: compiled Triton
+    # refuses non-constexpr globals, and the interpreter does not unwrap constexpr ones)
+    key = (bits.to(tl.int64) << 32) | (2147483647 - rank).to(tl.int64)
     key = tl.sort(tl.where(ok, key, -1), descending=True)  # padding (-1) sorts last
 
-    index = _LOW - (key & 0xFFFFFFFF)
+    index = 2147483647 - (key & 0x7FFFFFFF)  # the low word is below 2^31: an int32 mask, no uint32 literal
     sorted_bits = (key >> 32).to(tl.int32)
     sorted_finite = ok & (sorted_bits != 0x7F800000)
     value = tl.where(sorted_finite, sorted_bits.to(tl.float32, bitcast=True), 0.0)
@@ -60,6 +61,10 @@ def _select_kernel(loss_ptr, weight_ptr, order_ptr, counts_ptr, stats_ptr, B, p,
     tl.store(stats_ptr + 2, tl.sum(tl.where(kept, raw, 0.0), axis=0) / k_eff)
 
 
+def select_num_warps(block):
+    return 4 if block <= 1024 else 8 if block <= 4096 else 16
+
+
 def min_samples(q, batch):
     """k_min = ceil(q * B), immune to float noise such as 0.3 * 10 = 3.0000000000000004."""
     return math.ceil(round(q * batch, 9))
@@ -77,5 +82,6 @@ def select_top_loss(losses, p, k_min=0, round_to=1, cap=None):
                     counts=torch.empty(2, device=dev, dtype=torch.int32), stats=torch.empty(3, device=dev))
     block = triton.next_power_of_2(n)
     _select_kernel[(1,)](losses, sel.weight, sel.order, sel.counts, sel.stats, n, float(p), int(k_min),
-                         int(round_to), int(cap), BLOCK=block, num_warps=4 if block <= 1024 else 8)
+                         int(round_to), int(cap), BLOCK=block,
+                         num_warps=select_num_warps(block))
     return sel

@@ -188,3 +188,20 @@ def test_benchmark_runs_and_writes_its_tables(tmp_path):
     assert lines[0].startswith('batch,triton_ms') and [l.split(',')[0] for l in lines[1:]] == ['16', '33']
     assert 'interpreter' in res.stdout and os.path.isfile(os.path.join(out, 'bench.md'))
     assert run_script('bench_blf.py', '--batch-sizes', 'x').returncode != 0
+
+
+def test_train_and_kernel_agree_on_the_largest_batch():
+    import kernels.selection
+    assert train.BLF_MAX_BATCH == kernels.selection.MAX_BATCH
+
+
+def test_a_diverging_blf_run_stops_with_one_line_and_keeps_its_record(cifar_dir, tmp_path):
+    res = run_script('train.py', '--device', 'cpu', '--data-dir', cifar_dir, '--out-dir', tmp_path, '--lr', '1e30',
+                     '--n-train', 512, '--n-test', 100, '--epochs', 2, '--width', 0.125, '--batch-size', 128,
+                     '--blf', 0.9, '--blf-start-epoch', 1)
+    assert res.returncode == 2 and 'Traceback' not in res.stderr
+    assert res.stderr.strip().splitlines() == [
+        'error: training diverged at epoch 1: the loss is nan (BLF keeps non-finite rows, never hides them); '
+        'try a lower --lr']
+    rows, _ = record_rows(tmp_path)
+    assert len(rows) == 1 and rows[0]['train_loss'] != rows[0]['train_loss']  # NaN, written before stopping
