@@ -600,12 +600,15 @@ def check_args(args):
     n_train = args.n_train or 50000
     if args.batch_size > n_train:
         raise UserError(f'--batch-size {args.batch_size} is larger than the training set ({n_train} images)')
-    if args.device.startswith('cuda'):
+    kind, _, index = args.device.partition(':')
+    if kind not in ('cuda', 'cpu') or (index and (kind == 'cpu' or not index.isdigit())):
+        raise UserError(f'--device must be cuda, cuda:N or cpu, got {args.device!r}')
+    if kind == 'cuda':
         if not torch.cuda.is_available():
             raise UserError('no CUDA GPU found; to run on the CPU add --device cpu '
                             '(slow: try --n-train 2000 --n-test 1000 --epochs 2 --width 0.25)')
-    elif args.device != 'cpu':
-        raise UserError(f'--device must be cuda, cuda:N or cpu, got {args.device!r}')
+        if index and int(index) >= torch.cuda.device_count():
+            raise UserError(f'--device {args.device}: this machine has {torch.cuda.device_count()} GPU(s)')
 
 
 def main(argv=None):

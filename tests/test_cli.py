@@ -37,6 +37,8 @@ def one_line_error(res, pattern):
     (['--lr', '-1'], '--lr must be positive'),
     (['--tta', '3'], '--tta must be 0 or 1'),
     (['--device', 'tpu'], '--device must be cuda, cuda:N or cpu'),
+    (['--device', 'cuda:x'], '--device must be cuda, cuda:N or cpu'),
+    (['--device', 'cpu:0'], '--device must be cuda, cuda:N or cpu'),
     (['--bogus'], 'unrecognized arguments: --bogus'),
 ])
 def test_bad_values_give_one_line_errors(args, pattern, tmp_path):
