@@ -125,16 +125,18 @@ class ResNet9(nn.Module):
         return self.linear(self.pool(x).flatten(1)) * self.logit_scale
 
 
-def make_model(width, device, dtype):
+def make_model(width, device, dtype, bn_fp32=True, channels_last=True):
     """ResNet-9 with conv/linear weights in `dtype`, BatchNorm kept in fp32, memory channels_last.
 
     fp32 BatchNorm with fp16 activations takes cuDNN's fast mixed-precision path (Myrtle post 3:
-    fp16 BN fell onto a slow path); channels_last avoids NCHW<->NHWC transposes around each conv."""
+    fp16 BN fell onto a slow path); channels_last avoids NCHW<->NHWC transposes around each conv.
+    The two switches exist for profile.py's ablations."""
     model = ResNet9(width).to(device=device, dtype=dtype)
-    for m in model.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.float()
-    return model.to(memory_format=torch.channels_last)
+    if bn_fp32:
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.float()
+    return model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 # ----------------------------------------------------------------------------------------------
