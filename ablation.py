@@ -178,7 +178,7 @@ ABLATIONS = [  # name, dtype (None = the run's), model options, cudnn.benchmark
     ('BatchNorm in fp16', None, {'bn_fp32': False}, True),
     ('NCHW instead of channels_last', None, {'channels_last': False}, True),
     ('bf16 instead of fp16', torch.bfloat16, {}, True),
-    ('fp32 everywhere', torch.float32, {}, True),
+    ('fp32 everywhere (cuDNN may use TF32: the default)', torch.float32, {}, True),
     ('cudnn.benchmark off', None, {}, False),
 ]
 
