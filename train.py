@@ -3,7 +3,7 @@
     python train.py                          # default recipe, one run
     python train.py --runs 5                 # seeds 0..4: mean/std accuracy, median time
     python train.py --epochs 30 --blf 0.9    # train each step on the samples making 90% of the loss
-    python train.py --device cpu --n-train 2000 --n-test 1000 --epochs 2 --width 0.25   # small CPU check
+    python train.py --device cpu --n-train 4000 --n-test 1000 --epochs 4 --width 0.25 --batch-size 256   # small CPU check
 
 Time (CUDA events) covers every training step (augmentation, forward, loss, backward, optimizer)
 and the final evaluation. It excludes reading the data into device memory, building the model,
@@ -608,7 +608,7 @@ def check_args(args):
     if kind == 'cuda':
         if not torch.cuda.is_available():
             raise UserError('no CUDA GPU found; to run on the CPU add --device cpu '
-                            '(slow: try --n-train 2000 --n-test 1000 --epochs 2 --width 0.25)')
+                            '(slow: try --n-train 4000 --n-test 1000 --epochs 4 --width 0.25 --batch-size 256)')
         if index and int(index) >= torch.cuda.device_count():
             raise UserError(f'--device {args.device}: this machine has {torch.cuda.device_count()} GPU(s)')
 
