@@ -327,9 +327,10 @@ def write_chart(path, batches, shares):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description='Where the time of a training step goes (see ablation.py)',
-                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument('--batch-sizes', default='128,256,512,768,1024', help='comma-separated batch sizes')
+    ap = train.OneLineParser(description='Where the time of a training step goes (see ablation.py)',
+                             formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument('--batch-sizes', type=train.positive_ints, default='128,256,512,768,1024',
+                    help='comma-separated batch sizes')
     ap.add_argument('--ablation-batch', type=int, default=512, help='batch size of the precision/layout ablations')
     ap.add_argument('--steps', type=int, default=30, help='timed steps per measurement')
     ap.add_argument('--epochs', type=int, default=2, help='timed epochs for the full step (after one warm-up epoch)')
@@ -341,12 +342,8 @@ def main(argv=None):
     ap.add_argument('--torch-profiler', action='store_true', help='also summarise a torch.profiler trace')
     ap.add_argument('--out', default='runs', help='a new folder profile-<time> is made in here')
     args = ap.parse_args(argv)
-    try:
-        batches = [int(b) for b in args.batch_sizes.split(',')]
-    except ValueError:
-        sys.exit(f'error: --batch-sizes must be comma-separated integers, got {args.batch_sizes!r}')
-    problems = [(any(b < 1 for b in batches), 'batch sizes must be positive'),
-                (args.steps < 2, '--steps must be at least 2'), (args.epochs < 1, '--epochs must be at least 1'),
+    batches = args.batch_sizes
+    problems = [(args.steps < 2, '--steps must be at least 2'), (args.epochs < 1, '--epochs must be at least 1'),
                 (not 0 <= args.blf <= 1, '--blf must be in [0, 1]'), (args.width <= 0, '--width must be positive'),
                 (not 1 <= args.n_train <= 50000, '--n-train must be in 1..50000'),
                 (max(batches + [args.ablation_batch]) > args.n_train, 'every batch size must fit in --n-train images')]

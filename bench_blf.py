@@ -13,7 +13,6 @@ GPU timings: triton.testing.do_bench (L2 flushed before each call, warm-up exclu
 `--device cpu` runs the same code under Triton's interpreter as a smoke test: its times say nothing
 about GPU speed. Writes bench.csv, bench.md and env.json into a new folder under --out.
 """
-import argparse
 import csv
 import json
 import os
@@ -72,18 +71,15 @@ def step_ms(batch, device, dtype, reps):
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    ap.add_argument('--batch-sizes', default='512,1024,2048', help='comma-separated batch sizes')
+    ap = train.OneLineParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--batch-sizes', type=train.positive_ints, default='512,1024,2048', help='comma-separated batch sizes')
     ap.add_argument('--reps', type=int, default=100, help='repetitions per measurement')
     ap.add_argument('--device', default='cuda', help='cuda or cpu (cpu: interpreter smoke test only)')
     ap.add_argument('--out', default='runs', help='a new folder bench-<time> is made in here')
     args = ap.parse_args(argv)
-    try:
-        sizes = [int(b) for b in args.batch_sizes.split(',')]
-    except ValueError:
-        sys.exit(f'error: --batch-sizes must be comma-separated integers, got {args.batch_sizes!r}')
-    if any(b < 1 for b in sizes) or args.reps < 1:
-        sys.exit('error: batch sizes and --reps must be positive')
+    sizes = args.batch_sizes
+    if args.reps < 1:
+        sys.exit('error: --reps must be positive')
     device = torch.device(args.device)
     if device.type == 'cuda' and not torch.cuda.is_available():
         sys.exit('error: no CUDA GPU found; add --device cpu for an interpreter smoke test')

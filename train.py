@@ -552,6 +552,17 @@ class OneLineParser(argparse.ArgumentParser):
         self.exit(2, f'error: {message} (see --help)\n')
 
 
+def positive_ints(text):
+    """argparse type for '128,256,512': a list of positive integers."""
+    try:
+        values = [int(v) for v in text.split(',')]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f'expected comma-separated integers, got {text!r}') from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f'expected positive integers, got {text!r}')
+    return values
+
+
 def parse_args(argv):
     p = OneLineParser(description=__doc__.split('\n')[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     for key, default in hyp.items():

@@ -41,7 +41,8 @@ def test_profile_runs_and_writes_every_section(cifar_dir, tmp_path):
 
 
 @pytest.mark.parametrize('args, message', [
-    (['--batch-sizes', 'a,b'], 'comma-separated integers'),
+    (['--batch-sizes', 'a,b'], 'expected comma-separated integers'),
+    (['--batch-sizes', '0,8'], 'expected positive integers'),
     (['--steps', '1'], '--steps must be at least 2'),
     (['--n-train', '100', '--batch-sizes', '128'], 'every batch size must fit'),
 ])
