@@ -112,6 +112,9 @@ def random_batch(batch, device, dtype, channels_last=True, seed=0):
     return x, torch.randint(0, 10, (batch,), device=device, generator=gen)
 
 
+SETTING = {'lr': 1e-3, 'momentum': 0.9, 'weight_decay': 5e-4, 'blf': 0.9}  # the time of a step does not depend on them
+
+
 def fresh(hyp, device, dtype, **model_options):
     torch.manual_seed(0)
     model = train.make_model(hyp['width'], device, dtype, **model_options)
@@ -130,7 +133,7 @@ def time_full(hyp, data, device, dtype, epochs):
     per_step = []
     for epoch in range(epochs + 1):  # the first epoch is warm-up
         start = clock.mark()
-        train.train_epoch(model, opt, data.train_batches(bs), [1e-3] * steps, hyp)
+        train.train_epoch(model, opt, data.train_batches(bs), [{**SETTING}] * steps, hyp)
         seconds = clock.seconds(start, clock.mark())
         if epoch:
             per_step.append(seconds / steps)

@@ -40,6 +40,9 @@ hyp = {
     'batch_size': 512,         # images per optimizer step
     'lr': 0.4,                 # peak learning rate for the batch-mean loss (= Myrtle's 0.4/512 per image on the summed loss)
     'lr_peak': 5 / 24,         # fraction of training where the lr peaks: 0 -> lr linearly, then linearly -> 0 at the end
+    'lr_schedule': None,       # knots 'epoch:lr,...' (piecewise linear), overriding lr and lr_peak
+    'momentum_schedule': None, # knots 'epoch:momentum,...'; None = constant momentum
+    'wd_schedule': None,       # knots 'epoch:weight_decay,...'; None = constant weight_decay
     'momentum': 0.9,           # Nesterov momentum
     'weight_decay': 5e-4,      # L2 on all parameters, per mean loss (= Myrtle's 5e-4*batch on the summed loss)
     'label_smoothing': 0.0,    # cross-entropy label smoothing
@@ -58,6 +61,7 @@ hyp = {
     'blf_round_to': 1,         # round the kept count up to a multiple of this (8 suits fp16 tensor cores)
     'blf_bucket': 64,          # compact: the kept batch is the host-known count rounded up to a multiple of this
     'subset_control': 'none',  # random: keep as many samples as BLF would, chosen at random (the honest baseline)
+    'blf_schedule': None,      # knots 'epoch:p,...' for BLF's p (a curriculum: 1.0 early, lower later)
 }
 
 HELP = {
@@ -65,6 +69,9 @@ HELP = {
     'batch_size': 'images per optimizer step',
     'lr': 'peak learning rate for the batch-mean loss',
     'lr_peak': 'fraction of training at which the linear warm-up ends and the linear decay to 0 starts',
+    'lr_schedule': 'piecewise-linear lr over epochs, e.g. 0:0,5:0.4,24:0 (overrides --lr and --lr-peak)',
+    'momentum_schedule': 'piecewise-linear momentum over epochs, e.g. 0:0.85,5:0.95,24:0.9',
+    'wd_schedule': 'piecewise-linear weight decay over epochs, e.g. 0:5e-4,20:0',
     'momentum': 'Nesterov momentum',
     'weight_decay': 'L2 weight decay (applied to all parameters, scaled for the mean loss)',
     'label_smoothing': 'label smoothing of the cross-entropy, in [0, 1)',
@@ -82,9 +89,8 @@ HELP = {
     'blf_round_to': 'BLF: round the kept count up to a multiple of this',
     'blf_bucket': 'BLF compact: size granularity of the kept batch (fewer shapes, headroom for a growing count)',
     'subset_control': 'none, or random: train on a random subset as large as BLF would keep (needs --blf)',
+    'blf_schedule': "piecewise-linear BLF p over epochs, e.g. 0:1.0,10:0.9 (needs --blf)",
 }
-FLAG_OPTIONS = {'blf': {'type': float}, 'blf_mode': {'choices': ['compact', 'mask']},
-                'blf_impl': {'choices': ['triton', 'torch']}, 'subset_control': {'choices': ['none', 'random']}}
 
 
 class UserError(Exception):
@@ -143,21 +149,50 @@ def make_model(width, device, dtype, bn_fp32=True, channels_last=True):
 # Optimiser and schedule
 
 def make_optimizer(model, hyp):
-    return torch.optim.SGD(model.parameters(), lr=0.0, momentum=hyp['momentum'], nesterov=hyp['momentum'] > 0,
+    momenta = [m for _, m in schedules(hyp)['momentum']]
+    return torch.optim.SGD(model.parameters(), lr=0.0, momentum=momenta[0], nesterov=max(momenta) > 0,
                            weight_decay=hyp['weight_decay'])
 
 
-def lr_schedule(hyp, steps_per_epoch):
-    """One learning rate per step: piecewise linear through (0, 0), (lr_peak*epochs, lr), (epochs, 0).
+def parse_schedule(text):
+    """'0:0,5:0.4,24:0' -> [(0.0, 0.0), (5.0, 0.4), (24.0, 0.0)]: knots (epoch, value), epochs ascending."""
+    try:
+        knots = [tuple(float(v) for v in knot.split(':')) for knot in text.split(',')]
+    except ValueError:
+        knots = None
+    if not knots or any(len(k) != 2 for k in knots):
+        raise argparse.ArgumentTypeError(f"expected knots 'epoch:value,epoch:value,...', got {text!r}")
+    epochs = [e for e, _ in knots]
+    if epochs[0] < 0 or any(b < a for a, b in zip(epochs, epochs[1:])):
+        raise argparse.ArgumentTypeError(f'the epochs of a schedule must be >= 0 and ascending, got {text!r}')
+    return knots
 
-    Evaluated at the epoch fraction of each step, so the shape stretches with --epochs."""
+
+def piecewise_linear(knots, t):
+    """The value at epoch t: linear between knots, the first/last value outside them."""
+    if t <= knots[0][0]:
+        return knots[0][1]
+    for (t0, v0), (t1, v1) in zip(knots, knots[1:]):
+        if t <= t1:
+            return v1 if t1 == t0 else v0 + (v1 - v0) * (t - t0) / (t1 - t0)
+    return knots[-1][1]
+
+
+def schedules(hyp):
+    """The knots of every scheduled hyperparameter; unscheduled ones are constant."""
     epochs, peak = hyp['epochs'], hyp['lr_peak'] * hyp['epochs']
-    lrs = []
-    for step in range(epochs * steps_per_epoch):
-        t = step / steps_per_epoch
-        frac = t / peak if t < peak else (epochs - t) / (epochs - peak)
-        lrs.append(hyp['lr'] * frac)
-    return lrs
+    return {'lr': hyp['lr_schedule'] or [(0, 0.0), (peak, hyp['lr']), (epochs, 0.0)],
+            'momentum': hyp['momentum_schedule'] or [(0, hyp['momentum'])],
+            'weight_decay': hyp['wd_schedule'] or [(0, hyp['weight_decay'])],
+            'blf': hyp['blf_schedule'] or [(0, hyp['blf'] or 1.0)]}
+
+
+def step_settings(hyp, steps_per_epoch):
+    """Per step: lr, momentum, weight_decay and BLF's p, each at the step's epoch fraction, so the
+    shapes stretch with --epochs (the default lr: 0 -> lr at lr_peak, then -> 0 at the end)."""
+    knots = schedules(hyp)
+    return [{name: piecewise_linear(k, step / steps_per_epoch) for name, k in knots.items()}
+            for step in range(hyp['epochs'] * steps_per_epoch)]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -195,20 +230,21 @@ def train_step(model, opt, x, y, hyp, totals):
     totals['count'] += len(y)
 
 
-def train_epoch(model, opt, batches, lrs, hyp, blf=None):
-    """One pass over `batches`, lr per step from `lrs`, BLF steps when `blf` is given.
-    Returns device tensors (and host counts); never syncs."""
+def train_epoch(model, opt, batches, settings, hyp, blf=None):
+    """One pass over `batches`; per step, `settings` gives lr, momentum, weight decay and BLF's p
+    (host floats, so nothing syncs); BLF steps when `blf` is given. Returns device tensors."""
     device = next(model.parameters()).device
     totals = {k: torch.zeros((), device=device) for k in ('loss', 'correct', 'count')}
     if blf is not None:
         totals.update({k: torch.zeros((), device=device) for k in BLF_TOTALS})
         totals.update(steps=0, rows_trained=0)
-    for (x, y), lr in zip(batches, lrs):
+    for (x, y), setting in zip(batches, settings):
         for group in opt.param_groups:
-            group['lr'] = lr
+            group.update(lr=setting['lr'], momentum=setting['momentum'], weight_decay=setting['weight_decay'])
         if blf is None:
             train_step(model, opt, x, y, hyp, totals)
         else:
+            blf.p = setting['blf']
             blf_train_step(model, opt, x, y, hyp, totals, blf)
     return totals
 
@@ -295,6 +331,7 @@ class BLF:
     def __init__(self, hyp, backend, device, batch_size, seed):
         from kernels.selection import min_samples
         self.backend, self.hyp, self.batch_size = backend, hyp, batch_size
+        self.p = hyp['blf']  # train_epoch sets it each step from the schedule
         self.k_min = min_samples(hyp['blf_min_samples'], batch_size)
         self.count = LaggedCount(device, batch_size)
         self.fixed_size = None  # warm-up pins the compact batch size to visit every shape
@@ -311,7 +348,7 @@ class BLF:
 
     def select(self, losses, cap):
         h = self.hyp
-        sel = self.backend.select_top_loss(losses, h['blf'], self.k_min, h['blf_round_to'], cap)
+        sel = self.backend.select_top_loss(losses, self.p, self.k_min, h['blf_round_to'], cap)
         return sel if self.gen is None else random_subset(sel, losses, self.gen)
 
 
@@ -392,14 +429,14 @@ def warm_up(hyp, data, device, dtype, blf_backend_module=None, steps=3):
     bs = hyp['batch_size']
     x = torch.randn(bs, 3, 32, 32, device=device, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (bs,), device=device, generator=gen)
-    lr = [hyp['lr'] * 0.01] * steps
-    train_epoch(model, opt, [(x, y)] * steps, lr, hyp)
+    settings = step_settings(hyp, 1)[:1] * steps
+    train_epoch(model, opt, [(x, y)] * steps, settings, hyp)
     if blf_backend_module is not None:
         blf = BLF(hyp, blf_backend_module, device, bs, seed=0)
         sizes = [bs] if hyp['blf_mode'] == 'mask' else sorted({min(bs, k) for k in range(hyp['blf_bucket'], bs + hyp['blf_bucket'], hyp['blf_bucket'])})
         for size in sizes:  # compact: every kept-batch shape the run can meet
             blf.fixed_size = size
-            train_epoch(model, opt, [(x, y)], lr[:1], hyp, blf)
+            train_epoch(model, opt, [(x, y)], settings[:1], hyp, blf)
     n_test, ebs = len(data.test_y), hyp['eval_batch_size']
     for n in {min(ebs, n_test), n_test % ebs or ebs}:
         evaluate(model, [(x.new_zeros(n, 3, 32, 32).contiguous(memory_format=torch.channels_last), y.new_zeros(n))], tta=hyp['tta'])
@@ -428,20 +465,20 @@ def train_run(hyp, data, seed, device, dtype, on_epoch, backend=None):
     model = make_model(hyp['width'], device, dtype)
     opt = make_optimizer(model, hyp)
     steps_per_epoch = data.n_train // hyp['batch_size']
-    lrs = lr_schedule(hyp, steps_per_epoch)
+    settings = step_settings(hyp, steps_per_epoch)
     blf = BLF(hyp, backend, device, hyp['batch_size'], seed) if hyp['blf'] is not None else None
     clock = Stopwatch(device)
     total = 0.0
     for epoch in range(hyp['epochs']):
         start = clock.mark()
-        epoch_lrs = lrs[epoch * steps_per_epoch:(epoch + 1) * steps_per_epoch]
+        epoch_settings = settings[epoch * steps_per_epoch:(epoch + 1) * steps_per_epoch]
         filtering = blf if blf is not None and epoch + 1 >= hyp['blf_start_epoch'] else None
-        totals = train_epoch(model, opt, data.train_batches(hyp['batch_size']), epoch_lrs, hyp, filtering)
+        totals = train_epoch(model, opt, data.train_batches(hyp['batch_size']), epoch_settings, hyp, filtering)
         end = clock.mark()
         test = evaluate(model, data.test_batches(hyp['eval_batch_size']))  # not timed
         seconds = clock.seconds(start, end)  # the one sync of the epoch
         total += seconds
-        row = epoch_row(seed, epoch + 1, epoch_lrs[-1], totals, test, seconds, total)
+        row = epoch_row(seed, epoch + 1, epoch_settings[-1]['lr'], totals, test, seconds, total)
         on_epoch(row)
         if not math.isfinite(row['train_loss']):
             raise UserError(f'training diverged at epoch {epoch + 1}: the loss is {row["train_loss"]} '
@@ -565,8 +602,11 @@ def positive_ints(text):
 
 def parse_args(argv):
     p = OneLineParser(description=__doc__.split('\n')[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    special = {'blf': {'type': float}, 'blf_mode': {'choices': ['compact', 'mask']},
+               'blf_impl': {'choices': ['triton', 'torch']}, 'subset_control': {'choices': ['none', 'random']},
+               **{k: {'type': parse_schedule} for k in ('lr_schedule', 'momentum_schedule', 'wd_schedule', 'blf_schedule')}}
     for key, default in hyp.items():
-        options = FLAG_OPTIONS.get(key, {'type': type(default)})
+        options = special.get(key, {'type': type(default)})
         p.add_argument('--' + key.replace('_', '-'), default=default, help=HELP[key], **options)
     p.add_argument('--seed', type=int, default=0, help='seed of the first run; run i uses seed+i')
     p.add_argument('--runs', type=int, default=1, help='number of runs (mean/std accuracy, median time)')
@@ -604,6 +644,11 @@ def check_args(args):
         (args.blf_round_to >= 1, f'--blf-round-to must be at least 1, got {args.blf_round_to}'),
         (args.blf_bucket >= 1, f'--blf-bucket must be at least 1, got {args.blf_bucket}'),
         (args.subset_control == 'none' or args.blf is not None, '--subset-control random needs --blf P (its size)'),
+        (args.blf_schedule is None or args.blf is not None, '--blf-schedule needs --blf (it turns BLF on)'),
+        (all(v >= 0 for _, v in args.lr_schedule or []), '--lr-schedule values must be >= 0'),
+        (all(0 <= v < 1 for _, v in args.momentum_schedule or []), '--momentum-schedule values must be in [0, 1)'),
+        (all(v >= 0 for _, v in args.wd_schedule or []), '--wd-schedule values must be >= 0'),
+        (all(0 < v <= 1 for _, v in args.blf_schedule or []), '--blf-schedule values must be in (0, 1]'),
         (args.blf is None or args.blf_impl != 'triton' or args.batch_size <= BLF_MAX_BATCH,
          f'--blf-impl triton takes batches up to {BLF_MAX_BATCH}; use --blf-impl torch for larger ones'),
     ]

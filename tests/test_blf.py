@@ -98,6 +98,16 @@ def test_random_control_keeps_as_many_rows_but_not_the_top_ones(cifar):
     assert torch.equal(again.order, rand.order), 'the control is seeded'
 
 
+def test_the_blf_schedule_sets_p_each_step(cifar):
+    h, model, opt, x, y, blf = setup(cifar, 'torch', 'mask', n=128)
+    setting = {'lr': 0.0, 'momentum': 0.9, 'weight_decay': 0.0}
+    kept = {}
+    for p in (1.0, 0.5):
+        totals = train.train_epoch(model, opt, [(x, y)], [{**setting, 'blf': p}], h, blf)
+        kept[p] = totals['kept'].item()
+    assert kept[1.0] == 128 and kept[0.5] < 64  # half the loss sits in fewer than half the samples
+
+
 def test_lagged_count_on_cpu_gives_the_previous_step():
     count = train.LaggedCount('cpu', initial=512)
     assert count.latest() == 512
@@ -168,12 +178,12 @@ def test_gpu_blf_epoch_has_no_host_sync(cifar, mode, impl):
     train.warm_up(h, data, 'cuda', torch.float16, backend)
     model = train.make_model(1.0, 'cuda', torch.float16)
     opt = train.make_optimizer(model, h)
-    lrs = train.lr_schedule(h, data.n_train // h['batch_size'])
+    settings = train.step_settings(h, data.n_train // h['batch_size'])
     blf = train.BLF(h, backend, 'cuda', h['batch_size'], seed=0)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode('error')
     try:
-        totals = train.train_epoch(model, opt, data.train_batches(h['batch_size']), lrs, h, blf)
+        totals = train.train_epoch(model, opt, data.train_batches(h['batch_size']), settings, h, blf)
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert totals['steps'] == 20 and 0 < totals['kept'].item() <= totals['count'].item()

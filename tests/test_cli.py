@@ -40,6 +40,11 @@ def one_line_error(res, pattern):
     (['--device', 'cuda:x'], '--device must be cuda, cuda:N or cpu'),
     (['--device', 'cpu:0'], '--device must be cuda, cuda:N or cpu'),
     (['--bogus'], 'unrecognized arguments: --bogus'),
+    (['--lr-schedule', '0:0,5'], "argument --lr-schedule: expected knots 'epoch:value"),
+    (['--lr-schedule', '5:0,1:0.4'], 'must be >= 0 and ascending'),
+    (['--momentum-schedule', '0:1.2'], '--momentum-schedule values must be in [0, 1)'),
+    (['--blf-schedule', '0:1,5:0.9'], '--blf-schedule needs --blf'),
+    (['--blf', '0.9', '--blf-schedule', '0:1,5:0'], '--blf-schedule values must be in (0, 1]'),
 ])
 def test_bad_values_give_one_line_errors(args, pattern, tmp_path):
     one_line_error(run_script('train.py', *args, '--out-dir', tmp_path), pattern)

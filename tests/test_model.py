@@ -63,16 +63,55 @@ def test_one_step_lowers_the_loss_on_a_fixed_batch(cifar):
     assert totals['count'] == 128
 
 
-def test_lr_schedule_hits_its_knots_and_stretches_with_epochs():
+def lrs_of(h, steps_per_epoch):
+    return [s['lr'] for s in train.step_settings(h, steps_per_epoch)]
+
+
+def test_default_lr_schedule_hits_its_knots_and_stretches_with_epochs():
     h = {**train.hyp, 'epochs': 24, 'lr': 0.4, 'lr_peak': 5 / 24}
-    lrs = train.lr_schedule(h, steps_per_epoch=10)
+    lrs = lrs_of(h, steps_per_epoch=10)
     assert len(lrs) == 240
     assert lrs[0] == 0 and lrs[50] == pytest.approx(0.4) and max(lrs) == pytest.approx(0.4)
     assert lrs[25] == pytest.approx(0.2) and lrs[145] == pytest.approx(0.2)
     assert all(a < b for a, b in zip(lrs[:50], lrs[1:51])) and all(a > b for a, b in zip(lrs[50:], lrs[51:]))
     assert lrs[-1] == pytest.approx(0.4 / 190)  # one step before reaching 0 at the end
-    long = train.lr_schedule({**h, 'epochs': 48}, steps_per_epoch=10)
+    long = lrs_of({**h, 'epochs': 48}, steps_per_epoch=10)
     assert long[100] == pytest.approx(0.4) and long[::2][:240] == pytest.approx(lrs)
+
+
+def test_schedules_from_the_command_line_hit_their_knots_exactly():
+    h = {**train.hyp, 'epochs': 10, 'blf': 0.9,
+         'lr_schedule': train.parse_schedule('0:0,2:0.4,10:0'),
+         'momentum_schedule': train.parse_schedule('0:0.85,5:0.95'),
+         'wd_schedule': train.parse_schedule('0:5e-4,8:0'),
+         'blf_schedule': train.parse_schedule('0:1.0,4:1.0,6:0.8')}
+    steps = train.step_settings(h, steps_per_epoch=4)
+    at = {epoch: steps[epoch * 4] for epoch in range(10)}
+    assert [at[e]['lr'] for e in (0, 1, 2, 6)] == [0.0, 0.2, 0.4, 0.2]
+    assert [at[e]['momentum'] for e in (0, 5, 9)] == [0.85, 0.95, 0.95]  # held after the last knot
+    assert at[8]['weight_decay'] == 0.0 and at[4]['weight_decay'] == pytest.approx(2.5e-4)
+    assert [at[e]['blf'] for e in (0, 4, 5, 6, 9)] == [1.0, 1.0, pytest.approx(0.9), 0.8, 0.8]
+    assert steps[1]['lr'] == pytest.approx(0.05)  # a quarter of an epoch into the ramp
+    assert train.step_settings({**train.hyp, 'epochs': 2}, 3)[0]['momentum'] == train.hyp['momentum']
+
+
+@pytest.mark.parametrize('text', ['', '1', '0:1:2', 'a:1', '3:1,2:0', '-1:0'])
+def test_bad_schedules_are_refused(text):
+    with pytest.raises(train.argparse.ArgumentTypeError):
+        train.parse_schedule(text)
+
+
+def test_the_schedule_reaches_the_optimizer_each_step(cifar):
+    h = {**train.hyp, 'epochs': 2, 'momentum_schedule': train.parse_schedule('0:0.5,1:0.9'),
+         'wd_schedule': train.parse_schedule('0:0,1:1e-3')}
+    model = train.make_model(0.125, 'cpu', torch.float32)
+    opt = train.make_optimizer(model, h)
+    data = train.data_gpu.DeviceCIFAR10(cifar, 'cpu', n_train=256, n_test=10)
+    settings = train.step_settings(h, 2)
+    train.train_epoch(model, opt, data.train_batches(128), settings[2:], h)
+    group = opt.param_groups[0]
+    assert (group['lr'], group['momentum'], group['weight_decay']) == (settings[3]['lr'], 0.9, 1e-3)
+    assert group['nesterov']
 
 
 def test_evaluate_flip_tta_averages_image_and_mirror():
@@ -95,12 +134,12 @@ def test_gpu_epoch_has_no_host_sync(cifar):
     h = train.hyp
     model = train.make_model(1.0, 'cuda', torch.float16)
     opt = train.make_optimizer(model, h)
-    lrs = train.lr_schedule(h, data.n_train // h['batch_size'])
-    train.train_epoch(model, opt, data.train_batches(h['batch_size']), lrs, h)  # lazy init outside the check
+    settings = train.step_settings(h, data.n_train // h['batch_size'])
+    train.train_epoch(model, opt, data.train_batches(h['batch_size']), settings, h)  # lazy init outside the check
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode('error')
     try:
-        totals = train.train_epoch(model, opt, data.train_batches(h['batch_size']), lrs, h)
+        totals = train.train_epoch(model, opt, data.train_batches(h['batch_size']), settings, h)
     finally:
         torch.cuda.set_sync_debug_mode(0)
     assert totals['count'].item() == 20 * h['batch_size']
