@@ -11,6 +11,7 @@ warm-up (cudnn autotuning on throw-away data) and the per-epoch test evaluations
 Every invocation writes a new record folder under --out-dir (default runs/).
 """
 import argparse
+import copy
 import glob
 import json
 import math
@@ -50,7 +51,8 @@ hyp = {
     'crop_pad': 4,             # pixels of reflect padding for random crops (0 = no crop)
     'flip': 1,                 # random left-right flips (0 = off)
     'cutout': 8,               # Cutout box side in pixels (0 = off)
-    'tta': 1,                  # final evaluation: 0 = plain, 1 = mean of the logits of image and mirror image
+    'tta': 1,                  # final evaluation: 0 = plain, 1 = + mirror image, 2 = + 1-pixel translations of both
+    'ema': 0.0,                # decay per step of an exponential moving average of the weights (0 = off); evaluate with it
     'eval_batch_size': 1000,   # images per evaluation forward
     # BatchLossFilter: train each step on the highest-loss samples that make up a share of the loss
     'blf': None,               # min_loss_perc p in (0, 1]; None = off
@@ -79,7 +81,8 @@ HELP = {
     'crop_pad': 'reflect padding before random 32x32 crops, in pixels (0 = no crop)',
     'flip': 'random horizontal flips: 1 = on, 0 = off',
     'cutout': 'side of the Cutout square in pixels, clipped at the borders (0 = off)',
-    'tta': 'test-time augmentation of the final evaluation: 0 = none, 1 = flip',
+    'tta': 'test-time augmentation of the final evaluation: 0 = none, 1 = flip, 2 = flip and 1-pixel translations',
+    'ema': 'decay per step of an exponential moving average of the weights, evaluated instead of them (0 = off)',
     'eval_batch_size': 'images per evaluation forward pass',
     'blf': 'BatchLossFilter: keep the highest-loss samples making up this share of the batch loss, in (0, 1]',
     'blf_min_samples': 'BLF: keep at least this share of the batch, in [0, 1]',
@@ -230,7 +233,7 @@ def train_step(model, opt, x, y, hyp, totals):
     totals['count'] += len(y)
 
 
-def train_epoch(model, opt, batches, settings, hyp, blf=None):
+def train_epoch(model, opt, batches, settings, hyp, blf=None, ema=None):
     """One pass over `batches`; per step, `settings` gives lr, momentum, weight decay and BLF's p
     (host floats, so nothing syncs); BLF steps when `blf` is given. Returns device tensors."""
     device = next(model.parameters()).device
@@ -246,26 +249,62 @@ def train_epoch(model, opt, batches, settings, hyp, blf=None):
         else:
             blf.p = setting['blf']
             blf_train_step(model, opt, x, y, hyp, totals, blf)
+        if ema is not None:
+            ema.update()
     return totals
+
+
+def tta_views(x, level):
+    """The views whose logits are averaged: level 0 the image; 1 and its mirror; 2 each of those
+    also shifted one pixel up-left and down-right (reflect padding), six views in all."""
+    views = [x] if level == 0 else [x, x.flip(3)]
+    if level == 2:
+        padded = F.pad(x, (1, 1, 1, 1), mode='reflect')
+        for shifted in (padded[:, :, :-2, :-2], padded[:, :, 2:, 2:]):
+            shifted = shifted.contiguous(memory_format=torch.channels_last)
+            views += [shifted, shifted.flip(3)]
+    return views
 
 
 @torch.no_grad()
 def evaluate(model, batches, tta=0):
-    """Test loss sum, correct count and count as device tensors. tta=1 averages image and mirror."""
+    """Test loss sum, correct count and count as device tensors, logits averaged over tta_views."""
     model.eval()
     device = next(model.parameters()).device
     loss = torch.zeros((), device=device)
     correct = torch.zeros((), device=device)
     count = 0
     for x, y in batches:
-        logits = model(x).float()
-        if tta:
-            logits = 0.5 * (logits + model(x.flip(3)).float())
+        views = tta_views(x, tta)
+        logits = sum(model(v).float() for v in views) / len(views)
         loss += F.cross_entropy(logits, y, reduction='sum')
         correct += (logits.argmax(1) == y).sum()
         count += len(y)
     model.train()
     return {'loss': loss, 'correct': correct, 'count': count}
+
+
+class EMA:
+    """Exponential moving average of the weights and BatchNorm statistics, in fp32 whatever the
+    model's dtype (fp16 would round away updates of (1 - decay) * difference). update() is one
+    foreach lerp after each optimizer step, no sync; model() returns a copy holding the average."""
+
+    def __init__(self, model, decay):
+        self.decay = decay
+        self.tensors = list(model.parameters()) + [b for b in model.buffers() if b.is_floating_point()]
+        self.shadow = [t.detach().float().clone() for t in self.tensors]
+        self.copy = copy.deepcopy(model)
+
+    @torch.no_grad()
+    def update(self):
+        torch._foreach_lerp_(self.shadow, [t.detach().float() for t in self.tensors], 1 - self.decay)
+
+    @torch.no_grad()
+    def model(self):
+        targets = list(self.copy.parameters()) + [b for b in self.copy.buffers() if b.is_floating_point()]
+        for target, average in zip(targets, self.shadow):
+            target.copy_(average)
+        return self.copy
 
 
 # ----------------------------------------------------------------------------------------------
@@ -430,7 +469,8 @@ def warm_up(hyp, data, device, dtype, blf_backend_module=None, steps=3):
     x = torch.randn(bs, 3, 32, 32, device=device, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (bs,), device=device, generator=gen)
     settings = step_settings(hyp, 1)[:1] * steps
-    train_epoch(model, opt, [(x, y)] * steps, settings, hyp)
+    ema = EMA(model, hyp['ema']) if hyp['ema'] else None
+    train_epoch(model, opt, [(x, y)] * steps, settings, hyp, ema=ema)
     if blf_backend_module is not None:
         blf = BLF(hyp, blf_backend_module, device, bs, seed=0)
         sizes = [bs] if hyp['blf_mode'] == 'mask' else sorted({min(bs, k) for k in range(hyp['blf_bucket'], bs + hyp['blf_bucket'], hyp['blf_bucket'])})
@@ -467,15 +507,16 @@ def train_run(hyp, data, seed, device, dtype, on_epoch, backend=None):
     steps_per_epoch = data.n_train // hyp['batch_size']
     settings = step_settings(hyp, steps_per_epoch)
     blf = BLF(hyp, backend, device, hyp['batch_size'], seed) if hyp['blf'] is not None else None
+    ema = EMA(model, hyp['ema']) if hyp['ema'] else None
     clock = Stopwatch(device)
     total = 0.0
     for epoch in range(hyp['epochs']):
         start = clock.mark()
         epoch_settings = settings[epoch * steps_per_epoch:(epoch + 1) * steps_per_epoch]
         filtering = blf if blf is not None and epoch + 1 >= hyp['blf_start_epoch'] else None
-        totals = train_epoch(model, opt, data.train_batches(hyp['batch_size']), epoch_settings, hyp, filtering)
+        totals = train_epoch(model, opt, data.train_batches(hyp['batch_size']), epoch_settings, hyp, filtering, ema)
         end = clock.mark()
-        test = evaluate(model, data.test_batches(hyp['eval_batch_size']))  # not timed
+        test = evaluate(ema.model() if ema else model, data.test_batches(hyp['eval_batch_size']))  # not timed
         seconds = clock.seconds(start, end)  # the one sync of the epoch
         total += seconds
         row = epoch_row(seed, epoch + 1, epoch_settings[-1]['lr'], totals, test, seconds, total)
@@ -484,7 +525,7 @@ def train_run(hyp, data, seed, device, dtype, on_epoch, backend=None):
             raise UserError(f'training diverged at epoch {epoch + 1}: the loss is {row["train_loss"]} '
                             f'(BLF keeps non-finite rows, never hides them); try a lower --lr')
     start = clock.mark()
-    final = evaluate(model, data.test_batches(hyp['eval_batch_size']), tta=hyp['tta'])
+    final = evaluate(ema.model() if ema else model, data.test_batches(hyp['eval_batch_size']), tta=hyp['tta'])
     end = clock.mark()
     eval_s = clock.seconds(start, end)
     return {'seed': seed, 'test_acc': final['correct'].item() / final['count'],
@@ -633,7 +674,8 @@ def check_args(args):
         (0 <= args.crop_pad <= 16, f'--crop-pad must be in 0..16, got {args.crop_pad}'),
         (args.flip in (0, 1), f'--flip must be 0 or 1, got {args.flip}'),
         (0 <= args.cutout <= 32, f'--cutout must be in 0..32, got {args.cutout}'),
-        (args.tta in (0, 1), f'--tta must be 0 or 1, got {args.tta}'),
+        (args.tta in (0, 1, 2), f'--tta must be 0, 1 or 2, got {args.tta}'),
+        (0 <= args.ema < 1, f'--ema must be in [0, 1), got {args.ema}'),
         (args.eval_batch_size >= 1, f'--eval-batch-size must be at least 1, got {args.eval_batch_size}'),
         (args.runs >= 1, f'--runs must be at least 1, got {args.runs}'),
         (args.n_train is None or 1 <= args.n_train <= 50000, f'--n-train must be in 1..50000, got {args.n_train}'),
@@ -725,7 +767,7 @@ def run(args, argv):
         result = train_run(h, data, seed, device, dtype, on_epoch, backend)
         record.append_jsonl('runs.jsonl', result)
         results.append(result)
-        tta = ' (flip TTA)' if h['tta'] else ''
+        tta = {0: '', 1: ' (flip TTA)', 2: ' (flip + translate TTA)'}[h['tta']] + (' (EMA weights)' if h['ema'] else '')
         log(f'seed {seed}: test accuracy {result["test_acc"]:.4f}{tta}, time {result["time_s"]:.3f} s '
             f'(train {result["train_s"]:.3f} s + final eval {result["eval_s"]:.3f} s)')
 

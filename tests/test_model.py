@@ -152,3 +152,38 @@ def test_gpu_precision_and_layout():
     out, layouts = conv_outputs_channels_last(model, x)
     assert out.dtype == torch.float16 and all(layouts)
     assert all(m.weight.dtype == torch.float32 for m in model.modules() if isinstance(m, nn.BatchNorm2d))
+
+
+def test_ema_after_one_step_equals_the_formula_and_is_kept_in_fp32(cifar):
+    torch.manual_seed(0)
+    model = train.make_model(0.125, 'cpu', torch.float16)
+    before = [t.detach().float().clone() for t in list(model.parameters()) + [b for b in model.buffers() if b.is_floating_point()]]
+    ema = train.EMA(model, decay=0.9)
+    opt = train.make_optimizer(model, train.hyp)
+    x = train.data_gpu.normalize(cifar['train_x'][:32], torch.float16).contiguous(memory_format=torch.channels_last)
+    setting = {'lr': 0.1, 'momentum': 0.9, 'weight_decay': 5e-4, 'blf': 1.0}
+    train.train_epoch(model, opt, [(x, cifar['train_y'][:32])], [setting], train.hyp, ema=ema)
+    after = [t.detach().float() for t in list(model.parameters()) + [b for b in model.buffers() if b.is_floating_point()]]
+    assert any(not torch.equal(a, b) for a, b in zip(after, before)), 'the step changed nothing'
+    for shadow, b, a in zip(ema.shadow, before, after):
+        assert shadow.dtype == torch.float32
+        torch.testing.assert_close(shadow, 0.9 * b + 0.1 * a, rtol=1e-6, atol=1e-7)
+    averaged = ema.model()
+    assert averaged is not model and averaged.linear.weight.dtype == torch.float16
+    torch.testing.assert_close(averaged.linear.weight.float(), ema.shadow[len(list(model.parameters())) - 1].half().float())
+
+
+def test_tta_2_averages_six_views():
+    torch.manual_seed(0)
+    model = train.make_model(0.25, 'cpu', torch.float32).eval()
+    x = torch.randn(4, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    y = torch.arange(4)
+    padded = F.pad(x, (1, 1, 1, 1), mode='reflect')
+    up_left, down_right = padded[:, :, 0:32, 0:32], padded[:, :, 2:34, 2:34]
+    assert torch.equal(up_left[:, :, 1:, 1:], x[:, :, :31, :31]) and torch.equal(down_right[:, :, :31, :31], x[:, :, 1:, 1:])
+    with torch.no_grad():
+        views = [x, x.flip(3), up_left, up_left.flip(3), down_right, down_right.flip(3)]
+        logits = sum(model(v.contiguous()) for v in views) / 6
+    res = train.evaluate(model, [(x, y)], tta=2)
+    torch.testing.assert_close(res['loss'], F.cross_entropy(logits, y, reduction='sum'), rtol=1e-5, atol=1e-5)
+    assert res['correct'] == (logits.argmax(1) == y).sum()
