@@ -279,9 +279,9 @@ class DeviceCIFAR10:
     """
 
     def __init__(self, data, device, dtype=torch.float32, n_train=None, n_test=None,
-                 flip=True, crop_pad=4, cutout=8, channels_last=True, seed=0):
+                 flip=True, crop_pad=4, cutout=8, cutout_count=1, channels_last=True, seed=0):
         self.device, self.dtype = torch.device(device), dtype
-        self.flip, self.crop_pad, self.cutout = flip, crop_pad, cutout
+        self.flip, self.crop_pad, self.cutout, self.cutout_count = flip, crop_pad, cutout, cutout_count
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         train_x, train_y = data['train_x'][:n_train], data['train_y'][:n_train]
         test_x, test_y = data['test_x'][:n_test], data['test_y'][:n_test]
@@ -309,7 +309,7 @@ class DeviceCIFAR10:
             x = random_crop(x, 32, self.gen)
         if self.flip:
             x = random_flip(x, self.gen)
-        if self.cutout:
+        for _ in range(self.cutout_count if self.cutout else 0):
             x = random_cutout(x, self.cutout, self.gen)
         return x.contiguous(memory_format=self.memory_format), y
 

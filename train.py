@@ -51,8 +51,12 @@ hyp = {
     'crop_pad': 4,             # pixels of reflect padding for random crops (0 = no crop)
     'flip': 1,                 # random left-right flips (0 = off)
     'cutout': 8,               # Cutout box side in pixels (0 = off)
+    'cutout_count': 1,         # Cutout boxes per image
+    'dropout': 0.0,            # dropout rate before the classifier
     'tta': 1,                  # final evaluation: 0 = plain, 1 = + mirror image, 2 = + 1-pixel translations of both
     'ema': 0.0,                # decay per step of an exponential moving average of the weights (0 = off); evaluate with it
+    'plateau': 3,              # print a line when the test loss has not improved for this many epochs (0 = never)
+    'early_stop': 0,           # stop when the test loss has not improved for this many epochs (0 = never)
     'eval_batch_size': 1000,   # images per evaluation forward
     # BatchLossFilter: train each step on the highest-loss samples that make up a share of the loss
     'blf': None,               # min_loss_perc p in (0, 1]; None = off
@@ -81,8 +85,13 @@ HELP = {
     'crop_pad': 'reflect padding before random 32x32 crops, in pixels (0 = no crop)',
     'flip': 'random horizontal flips: 1 = on, 0 = off',
     'cutout': 'side of the Cutout square in pixels, clipped at the borders (0 = off)',
+    'cutout_count': 'Cutout squares per image',
+    'dropout': 'dropout rate before the final linear layer',
     'tta': 'test-time augmentation of the final evaluation: 0 = none, 1 = flip, 2 = flip and 1-pixel translations',
     'ema': 'decay per step of an exponential moving average of the weights, evaluated instead of them (0 = off)',
+    'plateau': 'print a line when the test loss has not improved for this many epochs (0 = never)',
+    'early_stop': 'stop when the test loss has not improved for this many epochs (0 = never; it watches the '
+                  'test set, so use it to explore, not for records)',
     'eval_batch_size': 'images per evaluation forward pass',
     'blf': 'BatchLossFilter: keep the highest-loss samples making up this share of the batch loss, in (0, 1]',
     'blf_min_samples': 'BLF: keep at least this share of the batch, in [0, 1]',
@@ -118,7 +127,7 @@ class Residual(nn.Module):
 
 
 class ResNet9(nn.Module):
-    def __init__(self, width=1.0, num_classes=10, logit_scale=0.125):
+    def __init__(self, width=1.0, num_classes=10, logit_scale=0.125, dropout=0.0):
         super().__init__()
         c1, c2, c3, c4 = (max(1, round(c * width)) for c in (64, 128, 256, 512))
         self.prep = conv_bn(3, c1)
@@ -126,21 +135,22 @@ class ResNet9(nn.Module):
         self.layer2 = nn.Sequential(conv_bn(c2, c3), nn.MaxPool2d(2))
         self.layer3 = nn.Sequential(conv_bn(c3, c4), nn.MaxPool2d(2), Residual(c4))
         self.pool = nn.AdaptiveMaxPool2d(1)
+        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
         self.linear = nn.Linear(c4, num_classes, bias=False)
         self.logit_scale = logit_scale
 
     def forward(self, x):
         x = self.layer3(self.layer2(self.layer1(self.prep(x))))
-        return self.linear(self.pool(x).flatten(1)) * self.logit_scale
+        return self.linear(self.dropout(self.pool(x).flatten(1))) * self.logit_scale
 
 
-def make_model(width, device, dtype, bn_fp32=True, channels_last=True):
+def make_model(width, device, dtype, bn_fp32=True, channels_last=True, dropout=0.0):
     """ResNet-9 with conv/linear weights in `dtype`, BatchNorm kept in fp32, memory channels_last.
 
     fp32 BatchNorm with fp16 activations takes cuDNN's fast mixed-precision path (Myrtle post 3:
     fp16 BN fell onto a slow path); channels_last avoids NCHW<->NHWC transposes around each conv.
     The two switches exist for profile.py's ablations."""
-    model = ResNet9(width).to(device=device, dtype=dtype)
+    model = ResNet9(width, dropout=dropout).to(device=device, dtype=dtype)
     if bn_fp32:
         for m in model.modules():
             if isinstance(m, nn.BatchNorm2d):
@@ -463,7 +473,7 @@ def warm_up(hyp, data, device, dtype, blf_backend_module=None, steps=3):
     """Run every step and eval shape on random data so cudnn autotuning, Triton compilation and
     lazy init happen outside the timed region. The model and optimiser used here are thrown away."""
     gen = torch.Generator(device=device).manual_seed(12345)
-    model = make_model(hyp['width'], device, dtype)
+    model = make_model(hyp['width'], device, dtype, dropout=hyp['dropout'])
     opt = make_optimizer(model, hyp)
     bs = hyp['batch_size']
     x = torch.randn(bs, 3, 32, 32, device=device, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
@@ -484,6 +494,26 @@ def warm_up(hyp, data, device, dtype, blf_backend_module=None, steps=3):
         torch.cuda.synchronize()
 
 
+class Plateau:
+    """Counts the epochs since the test loss last improved: a note after `note` of them, a stop
+    after `stop` of them (0 = never for either)."""
+
+    def __init__(self, note, stop):
+        self.note, self.stop = note, stop
+        self.best, self.best_epoch, self.since = math.inf, 0, 0
+
+    def update(self, epoch, loss):
+        """Returns (a line to print or None, whether to stop)."""
+        if loss < self.best:
+            self.best, self.best_epoch, self.since = loss, epoch, 0
+            return None, False
+        self.since += 1
+        line = None
+        if self.note and self.since % self.note == 0:
+            line = f'# test loss has not improved for {self.since} epochs (best {self.best:.4f} at epoch {self.best_epoch})'
+        return line, bool(self.stop) and self.since >= self.stop
+
+
 def epoch_row(seed, epoch, lr, totals, test, seconds, total):
     count = totals['count'].item()
     row = {'seed': seed, 'epoch': epoch, 'lr': lr,
@@ -498,18 +528,19 @@ def epoch_row(seed, epoch, lr, totals, test, seconds, total):
     return row
 
 
-def train_run(hyp, data, seed, device, dtype, on_epoch, backend=None):
+def train_run(hyp, data, seed, device, dtype, on_epoch, backend=None, log=print):
     """One full training run from `seed`; on_epoch(row) gets each epoch's row. Returns the result."""
     torch.manual_seed(seed)
     data.reseed(seed)
-    model = make_model(hyp['width'], device, dtype)
+    model = make_model(hyp['width'], device, dtype, dropout=hyp['dropout'])
     opt = make_optimizer(model, hyp)
     steps_per_epoch = data.n_train // hyp['batch_size']
     settings = step_settings(hyp, steps_per_epoch)
     blf = BLF(hyp, backend, device, hyp['batch_size'], seed) if hyp['blf'] is not None else None
     ema = EMA(model, hyp['ema']) if hyp['ema'] else None
+    plateau = Plateau(hyp['plateau'], hyp['early_stop'])
     clock = Stopwatch(device)
-    total = 0.0
+    total, stopped_at = 0.0, None
     for epoch in range(hyp['epochs']):
         start = clock.mark()
         epoch_settings = settings[epoch * steps_per_epoch:(epoch + 1) * steps_per_epoch]
@@ -524,13 +555,20 @@ def train_run(hyp, data, seed, device, dtype, on_epoch, backend=None):
         if not math.isfinite(row['train_loss']):
             raise UserError(f'training diverged at epoch {epoch + 1}: the loss is {row["train_loss"]} '
                             f'(BLF keeps non-finite rows, never hides them); try a lower --lr')
+        line, stop = plateau.update(epoch + 1, row['test_loss'])
+        if line:
+            log(line)
+        if stop and epoch + 1 < hyp['epochs']:
+            stopped_at = epoch + 1
+            log(f'# early stop after epoch {stopped_at} (--early-stop {hyp["early_stop"]})')
+            break
     start = clock.mark()
     final = evaluate(ema.model() if ema else model, data.test_batches(hyp['eval_batch_size']), tta=hyp['tta'])
     end = clock.mark()
     eval_s = clock.seconds(start, end)
     return {'seed': seed, 'test_acc': final['correct'].item() / final['count'],
             'test_loss': final['loss'].item() / final['count'], 'tta': hyp['tta'],
-            'train_s': total, 'eval_s': eval_s, 'time_s': total + eval_s}
+            'train_s': total, 'eval_s': eval_s, 'time_s': total + eval_s, 'stopped_at_epoch': stopped_at}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -674,6 +712,10 @@ def check_args(args):
         (0 <= args.crop_pad <= 16, f'--crop-pad must be in 0..16, got {args.crop_pad}'),
         (args.flip in (0, 1), f'--flip must be 0 or 1, got {args.flip}'),
         (0 <= args.cutout <= 32, f'--cutout must be in 0..32, got {args.cutout}'),
+        (args.cutout_count >= 1, f'--cutout-count must be at least 1, got {args.cutout_count}'),
+        (0 <= args.dropout < 1, f'--dropout must be in [0, 1), got {args.dropout}'),
+        (args.plateau >= 0, f'--plateau must be >= 0, got {args.plateau}'),
+        (args.early_stop >= 0, f'--early-stop must be >= 0, got {args.early_stop}'),
         (args.tta in (0, 1, 2), f'--tta must be 0, 1 or 2, got {args.tta}'),
         (0 <= args.ema < 1, f'--ema must be in [0, 1), got {args.ema}'),
         (args.eval_batch_size >= 1, f'--eval-batch-size must be at least 1, got {args.eval_batch_size}'),
@@ -733,7 +775,8 @@ def run(args, argv):
 
     data_cpu = data_gpu.load_cifar10(args.data_dir, download=not args.no_download, log=print)
     data = data_gpu.DeviceCIFAR10(data_cpu, device, dtype, n_train=args.n_train, n_test=args.n_test,
-                                  flip=bool(h['flip']), crop_pad=h['crop_pad'], cutout=h['cutout'])
+                                  flip=bool(h['flip']), crop_pad=h['crop_pad'], cutout=h['cutout'],
+                                  cutout_count=h['cutout_count'])
     record = Record(args.out_dir)
     log = record.log
     record.write_json('config.json', {'hyp': h, 'seed': args.seed, 'runs': args.runs, 'device': str(device),
@@ -764,7 +807,7 @@ def run(args, argv):
         seed = args.seed + i
         log(f'\nrun {i + 1}/{args.runs}, seed {seed}')
         log(table_header(blf_on))
-        result = train_run(h, data, seed, device, dtype, on_epoch, backend)
+        result = train_run(h, data, seed, device, dtype, on_epoch, backend, log)
         record.append_jsonl('runs.jsonl', result)
         results.append(result)
         tta = {0: '', 1: ' (flip TTA)', 2: ' (flip + translate TTA)'}[h['tta']] + (' (EMA weights)' if h['ema'] else '')

@@ -280,3 +280,15 @@ def test_fp16_data_is_fp16_channels_last(cifar):
     x, _ = next(ds.train_batches(128))
     assert x.dtype == torch.float16 and x.is_contiguous(memory_format=torch.channels_last)
     assert ds.test_x.dtype == torch.float16 and ds.test_x.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_cutout_count_draws_that_many_boxes():
+    data = encoded_data(n_train=500, n_test=10)
+    data['train_x'] = torch.full_like(data['train_x'], 255)  # far from the mean: no pixel normalises to 0
+    zeroed = {}
+    for count in (1, 3):
+        ds = data_gpu.DeviceCIFAR10(data, 'cpu', flip=False, crop_pad=0, cutout=8, cutout_count=count, seed=5)
+        x, _ = ds.augmented_epoch()
+        zeroed[count] = (x[:, 0] == 0).sum((1, 2)).float()
+    assert zeroed[1].max() <= 64 and zeroed[3].max() <= 192
+    assert zeroed[3].mean() > 2 * zeroed[1].mean()  # overlaps and borders keep it under 3x

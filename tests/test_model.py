@@ -187,3 +187,42 @@ def test_tta_2_averages_six_views():
     res = train.evaluate(model, [(x, y)], tta=2)
     torch.testing.assert_close(res['loss'], F.cross_entropy(logits, y, reduction='sum'), rtol=1e-5, atol=1e-5)
     assert res['correct'] == (logits.argmax(1) == y).sum()
+
+
+def test_plateau_notes_every_n_epochs_and_stops_after_m():
+    plateau = train.Plateau(note=2, stop=3)
+    events = [plateau.update(epoch, loss) for epoch, loss in enumerate([1.0, 0.8, 0.9, 0.85, 0.81, 0.7, 0.75], 1)]
+    lines = [line for line, _ in events]
+    assert lines[:4] == [None, None, None, '# test loss has not improved for 2 epochs (best 0.8000 at epoch 2)']
+    assert [stop for _, stop in events] == [False, False, False, False, True, False, False]
+    quiet = train.Plateau(note=0, stop=0)
+    assert all(quiet.update(e, 1.0) == (None, False) for e in range(10))
+
+
+def test_dropout_sits_before_the_classifier_and_is_off_in_eval():
+    torch.manual_seed(0)
+    model = train.make_model(0.25, 'cpu', torch.float32, dropout=0.5)
+    assert isinstance(model.dropout, nn.Dropout) and model.dropout.p == 0.5
+    x = torch.randn(4, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    assert not torch.equal(model(x), model(x)), 'dropout is random in training mode'
+    model.eval()
+    assert torch.equal(model(x), model(x))
+    assert isinstance(train.make_model(0.25, 'cpu', torch.float32).dropout, nn.Identity)
+
+
+def test_early_stop_ends_the_run_and_says_so(cifar, monkeypatch):
+    calls = []
+
+    def worsening_evaluate(model, batches, tta=0):
+        calls.append(tta)
+        return {'loss': torch.tensor(10.0 + len(calls)), 'correct': torch.tensor(1.0), 'count': 10}
+    monkeypatch.setattr(train, 'evaluate', worsening_evaluate)
+    h = {**train.hyp, 'epochs': 6, 'width': 0.125, 'batch_size': 128, 'early_stop': 2, 'plateau': 1}
+    data = train.data_gpu.DeviceCIFAR10(cifar, 'cpu', n_train=256, n_test=10)
+    rows, lines = [], []
+    result = train.train_run(h, data, 0, 'cpu', torch.float32, rows.append, log=lines.append)
+    assert [r['epoch'] for r in rows] == [1, 2, 3] and result['stopped_at_epoch'] == 3
+    assert lines == ['# test loss has not improved for 1 epochs (best 1.1000 at epoch 1)',
+                     '# test loss has not improved for 2 epochs (best 1.1000 at epoch 1)',
+                     '# early stop after epoch 3 (--early-stop 2)']
+    assert calls == [0, 0, 0, h['tta']], 'three epoch evaluations, then the final one'
