@@ -44,8 +44,15 @@ hyp = {
     'lr_schedule': None,       # knots 'epoch:lr,...' (piecewise linear), overriding lr and lr_peak
     'momentum_schedule': None, # knots 'epoch:momentum,...'; None = constant momentum
     'wd_schedule': None,       # knots 'epoch:weight_decay,...'; None = constant weight_decay
-    'momentum': 0.9,           # Nesterov momentum
-    'weight_decay': 5e-4,      # L2 on all parameters, per mean loss (= Myrtle's 5e-4*batch on the summed loss)
+    'momentum': 0.9,           # Nesterov momentum (Adam: beta1)
+    'weight_decay': 5e-4,      # on all parameters, per mean loss (= Myrtle's 5e-4*batch on the summed loss)
+    'wd_mode': 'l2',           # l2: added to the gradient (Myrtle); decoupled: w -= lr*wd*w apart from it (SGDW/AdamW)
+    'optimizer': 'sgd',        # sgd (Nesterov) or adam
+    'bn_weight_decay': 1,      # 0: no weight decay on BatchNorm parameters (and biases)
+    'bn_lr_scale': 1.0,        # learning-rate multiplier for BatchNorm parameters (and biases)
+    'clip_norm': 0.0,          # clip the global gradient norm to this (0 = off)
+    'agc': 0.0,                # adaptive gradient clipping: per layer, ||g|| <= agc * ||w|| (0 = off)
+    'precision': 'auto',       # fp16 (weights fp16, BN fp32), amp (fp32 weights, fp16 autocast, loss scaling), bf16, fp32
     'label_smoothing': 0.0,    # cross-entropy label smoothing
     'width': 1.0,              # channel multiplier: 1.0 = 64/128/256/512 channels
     'crop_pad': 4,             # pixels of reflect padding for random crops (0 = no crop)
@@ -78,8 +85,15 @@ HELP = {
     'lr_schedule': 'piecewise-linear lr over epochs, e.g. 0:0,5:0.4,24:0 (overrides --lr and --lr-peak)',
     'momentum_schedule': 'piecewise-linear momentum over epochs, e.g. 0:0.85,5:0.95,24:0.9',
     'wd_schedule': 'piecewise-linear weight decay over epochs, e.g. 0:5e-4,20:0',
-    'momentum': 'Nesterov momentum',
-    'weight_decay': 'L2 weight decay (applied to all parameters, scaled for the mean loss)',
+    'momentum': 'Nesterov momentum (beta1 for Adam)',
+    'weight_decay': 'weight decay (applied to all parameters, scaled for the mean loss)',
+    'wd_mode': 'l2 (added to the gradient) or decoupled (w -= lr * wd * w: SGDW, AdamW)',
+    'optimizer': 'sgd (Nesterov momentum) or adam (needs fp32 weights: --precision amp or fp32)',
+    'bn_weight_decay': '1: weight decay on BatchNorm parameters and biases too; 0: not on them',
+    'bn_lr_scale': 'learning-rate multiplier for BatchNorm parameters and biases',
+    'clip_norm': 'clip the global gradient norm to this value (0 = off)',
+    'agc': 'adaptive gradient clipping: scale each layer\'s gradient so ||g|| <= agc * ||w|| (0 = off)',
+    'precision': 'auto (fp16 on a GPU, fp32 on the CPU), fp16, amp (fp32 weights, fp16 autocast, loss scaling), bf16, fp32',
     'label_smoothing': 'label smoothing of the cross-entropy, in [0, 1)',
     'width': 'channel multiplier of the network (1.0 = 64/128/256/512); below 1 for quick CPU runs',
     'crop_pad': 'reflect padding before random 32x32 crops, in pixels (0 = no crop)',
@@ -161,10 +175,78 @@ def make_model(width, device, dtype, bn_fp32=True, channels_last=True, dropout=0
 # ----------------------------------------------------------------------------------------------
 # Optimiser and schedule
 
-def make_optimizer(model, hyp):
+def param_groups(model, hyp):
+    """Weights of convolutions and linear layers; BatchNorm parameters and biases, with their own
+    lr multiplier and weight decay switch (the 'no wd on bias and BN' and 'BN lr x64' tricks)."""
+    weights, norms = [], []
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            (norms if isinstance(module, nn.modules.batchnorm._BatchNorm) or name == "bias" else weights).append(p)
+    return [{'params': weights, 'lr_scale': 1.0, 'wd_scale': 1.0},
+            {'params': norms, 'lr_scale': hyp['bn_lr_scale'], 'wd_scale': float(hyp['bn_weight_decay'])}]
+
+
+def make_optimizer(model, hyp, fused=False):
+    """SGD with Nesterov momentum, or Adam; weight decay in the groups (l2) or applied apart
+    (decoupled: AdamW, or SGDW by backward_and_step). fused=True for loss scaling without syncs."""
     momenta = [m for _, m in schedules(hyp)['momentum']]
-    return torch.optim.SGD(model.parameters(), lr=0.0, momentum=momenta[0], nesterov=max(momenta) > 0,
-                           weight_decay=hyp['weight_decay'])
+    decoupled = hyp['wd_mode'] == 'decoupled'
+    kwargs = {'fused': True} if fused else {}
+    if hyp['optimizer'] == 'adam':
+        cls = torch.optim.AdamW if decoupled else torch.optim.Adam
+        return cls(param_groups(model, hyp), lr=0.0, betas=(momenta[0], 0.999), weight_decay=hyp['weight_decay'], **kwargs)
+    return torch.optim.SGD(param_groups(model, hyp), lr=0.0, momentum=momenta[0], nesterov=max(momenta) > 0,
+                           weight_decay=0.0 if decoupled else hyp['weight_decay'], **kwargs)
+
+
+def apply_setting(opt, setting, hyp):
+    """Hand one step's scheduled values (host floats) to every parameter group."""
+    sgdw = hyp['wd_mode'] == 'decoupled' and hyp['optimizer'] == 'sgd'
+    for group in opt.param_groups:
+        group['lr'] = setting['lr'] * group['lr_scale']
+        wd = setting['weight_decay'] * group['wd_scale']
+        group['decoupled_wd'], group['weight_decay'] = (wd, 0.0) if sgdw else (0.0, wd)
+        if 'betas' in group:
+            group['betas'] = (setting['momentum'], group['betas'][1])
+        else:
+            group['momentum'] = setting['momentum']
+
+
+def adaptive_clip_(params, ratio, eps=1e-3):
+    """AGC (Brock et al. 2021, as the lecture states it): G <- G * min(1, ratio * max(||W||, eps) / ||G||),
+    per tensor, all on the device."""
+    params = [p for p in params if p.grad is not None]
+    grads = [p.grad for p in params]
+    w_norms = torch._foreach_norm([p.detach() for p in params])
+    g_norms = torch._foreach_norm(grads)
+    for g, wn, gn in zip(grads, w_norms, g_norms):
+        g.mul_(torch.clamp(ratio * wn.clamp_min(eps) / gn.clamp_min(1e-12), max=1.0).to(g.dtype))
+
+
+def backward_and_step(model, opt, loss, hyp, scaler=None):
+    """Backward, then the optional clipping and decoupled decay, then the optimizer step. With a
+    GradScaler (--precision amp) the loss is scaled, gradients unscaled in place with an on-device
+    inf check, and the fused optimizer skips the step on overflow: no host sync anywhere."""
+    opt.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+    else:
+        scaler.scale(loss).backward()
+        if hyp['clip_norm'] or hyp['agc']:
+            scaler.unscale_(opt)
+    if hyp['clip_norm']:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), hyp['clip_norm'], foreach=True)
+    if hyp['agc']:
+        adaptive_clip_(opt.param_groups[0]['params'], hyp['agc'])
+    with torch.no_grad():
+        for group in opt.param_groups:
+            if group.get('decoupled_wd'):
+                torch._foreach_mul_(group['params'], 1 - group['lr'] * group['decoupled_wd'])
+    if scaler is None:
+        opt.step()
+    else:
+        scaler.step(opt)
+        scaler.update()
 
 
 def parse_schedule(text):
@@ -232,18 +314,36 @@ class Stopwatch:
 # ----------------------------------------------------------------------------------------------
 # Training and evaluation (no host syncs inside: sums stay in device tensors)
 
-def train_step(model, opt, x, y, hyp, totals):
-    logits = model(x)
+PRECISIONS = {  # name: (weights, data on the device)
+    'fp16': (torch.float16, torch.float16), 'amp': (torch.float32, torch.float16),
+    'bf16': (torch.bfloat16, torch.bfloat16), 'fp32': (torch.float32, torch.float32)}
+
+
+def resolve_precision(precision, device):
+    return ('fp16' if torch.device(device).type == 'cuda' else 'fp32') if precision == 'auto' else precision
+
+
+def make_scaler(hyp, device):
+    """Dynamic loss scaling for --precision amp (used with fused optimizers: no host syncs)."""
+    return torch.amp.GradScaler(torch.device(device).type) if hyp['precision'] == 'amp' else None
+
+
+def autocast(hyp, device):
+    """fp16 autocast for --precision amp; a no-op context otherwise."""
+    return torch.autocast(torch.device(device).type, dtype=torch.float16, enabled=hyp['precision'] == 'amp')
+
+
+def train_step(model, opt, x, y, hyp, totals, scaler=None):
+    with autocast(hyp, x.device):
+        logits = model(x)
     loss = F.cross_entropy(logits.float(), y, label_smoothing=hyp['label_smoothing'])
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
+    backward_and_step(model, opt, loss, hyp, scaler)
     totals['loss'] += loss.detach() * len(y)
     totals['correct'] += (logits.argmax(1) == y).sum()
     totals['count'] += len(y)
 
 
-def train_epoch(model, opt, batches, settings, hyp, blf=None, ema=None):
+def train_epoch(model, opt, batches, settings, hyp, blf=None, ema=None, scaler=None):
     """One pass over `batches`; per step, `settings` gives lr, momentum, weight decay and BLF's p
     (host floats, so nothing syncs); BLF steps when `blf` is given. Returns device tensors."""
     device = next(model.parameters()).device
@@ -252,13 +352,12 @@ def train_epoch(model, opt, batches, settings, hyp, blf=None, ema=None):
         totals.update({k: torch.zeros((), device=device) for k in BLF_TOTALS})
         totals.update(steps=0, rows_trained=0)
     for (x, y), setting in zip(batches, settings):
-        for group in opt.param_groups:
-            group.update(lr=setting['lr'], momentum=setting['momentum'], weight_decay=setting['weight_decay'])
+        apply_setting(opt, setting, hyp)
         if blf is None:
-            train_step(model, opt, x, y, hyp, totals)
+            train_step(model, opt, x, y, hyp, totals, scaler)
         else:
             blf.p = setting['blf']
-            blf_train_step(model, opt, x, y, hyp, totals, blf)
+            blf_train_step(model, opt, x, y, hyp, totals, blf, scaler)
         if ema is not None:
             ema.update()
     return totals
@@ -277,7 +376,7 @@ def tta_views(x, level):
 
 
 @torch.no_grad()
-def evaluate(model, batches, tta=0):
+def evaluate(model, batches, tta=0, amp=False):
     """Test loss sum, correct count and count as device tensors, logits averaged over tta_views."""
     model.eval()
     device = next(model.parameters()).device
@@ -286,7 +385,8 @@ def evaluate(model, batches, tta=0):
     count = 0
     for x, y in batches:
         views = tta_views(x, tta)
-        logits = sum(model(v).float() for v in views) / len(views)
+        with torch.autocast(x.device.type, dtype=torch.float16, enabled=amp):
+            logits = sum(model(v).float() for v in views) / len(views)
         loss += F.cross_entropy(logits, y, reduction='sum')
         correct += (logits.argmax(1) == y).sum()
         count += len(y)
@@ -429,32 +529,31 @@ class running_stats_frozen:
             bn.track_running_stats = True
 
 
-def blf_train_step(model, opt, x, y, hyp, totals, blf):
+def blf_train_step(model, opt, x, y, hyp, totals, blf, scaler=None):
     """One BLF step. mask: one forward, gradient (softmax - target)/k on kept rows and exactly 0
     elsewhere. compact: a no-grad forward of the whole batch (train-mode BatchNorm: full-batch
     statistics, and the only update of the running statistics), selection, then forward and
     backward of the kept rows only (their own batch statistics; running statistics untouched)."""
     be, s, n = blf.backend, hyp['label_smoothing'], len(y)
     if hyp['blf_mode'] == 'mask':
-        logits = model(x)
+        with autocast(hyp, x.device):
+            logits = model(x)
         losses, lse = be.cross_entropy_forward(logits.detach(), y, s)
         sel = blf.select(losses, cap=n)
         loss = be.weighted_cross_entropy(logits, y, sel.weight, s, losses, lse)
         rows_trained = n
     else:
-        with torch.no_grad():
+        with torch.no_grad(), autocast(hyp, x.device):
             logits = model(x)
         losses, _ = be.cross_entropy_forward(logits, y, s)
         rows_trained = blf.kept_size()  # a host int from an earlier step: no sync
         sel = blf.select(losses, cap=rows_trained)
         blf.count.push(sel.counts[0])
         rows = sel.order[:rows_trained]
-        with running_stats_frozen(model):
+        with running_stats_frozen(model), autocast(hyp, x.device):
             kept_logits = model(x[rows])
         loss = be.weighted_cross_entropy(kept_logits, y[rows], sel.weight[rows], s)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
+    backward_and_step(model, opt, loss, hyp, scaler)
     totals['loss'] += sel.stats[1] * n
     totals['correct'] += (logits.argmax(1) == y).sum()
     totals['count'] += n
@@ -474,22 +573,25 @@ def warm_up(hyp, data, device, dtype, blf_backend_module=None, steps=3):
     lazy init happen outside the timed region. The model and optimiser used here are thrown away."""
     gen = torch.Generator(device=device).manual_seed(12345)
     model = make_model(hyp['width'], device, dtype, dropout=hyp['dropout'])
-    opt = make_optimizer(model, hyp)
+    scaler = make_scaler(hyp, device)
+    opt = make_optimizer(model, hyp, fused=scaler is not None)
     bs = hyp['batch_size']
-    x = torch.randn(bs, 3, 32, 32, device=device, generator=gen).to(dtype).contiguous(memory_format=torch.channels_last)
+    x = torch.randn(bs, 3, 32, 32, device=device, generator=gen).to(data.test_x.dtype)
+    x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (bs,), device=device, generator=gen)
     settings = step_settings(hyp, 1)[:1] * steps
     ema = EMA(model, hyp['ema']) if hyp['ema'] else None
-    train_epoch(model, opt, [(x, y)] * steps, settings, hyp, ema=ema)
+    train_epoch(model, opt, [(x, y)] * steps, settings, hyp, ema=ema, scaler=scaler)
     if blf_backend_module is not None:
         blf = BLF(hyp, blf_backend_module, device, bs, seed=0)
         sizes = [bs] if hyp['blf_mode'] == 'mask' else sorted({min(bs, k) for k in range(hyp['blf_bucket'], bs + hyp['blf_bucket'], hyp['blf_bucket'])})
         for size in sizes:  # compact: every kept-batch shape the run can meet
             blf.fixed_size = size
-            train_epoch(model, opt, [(x, y)], settings[:1], hyp, blf)
+            train_epoch(model, opt, [(x, y)], settings[:1], hyp, blf, scaler=scaler)
     n_test, ebs = len(data.test_y), hyp['eval_batch_size']
     for n in {min(ebs, n_test), n_test % ebs or ebs}:
-        evaluate(model, [(x.new_zeros(n, 3, 32, 32).contiguous(memory_format=torch.channels_last), y.new_zeros(n))], tta=hyp['tta'])
+        evaluate(model, [(x[:1].expand(n, 3, 32, 32).contiguous(memory_format=torch.channels_last), y[:1].expand(n))],
+                 tta=hyp['tta'], amp=hyp['precision'] == 'amp')
     if torch.device(device).type == 'cuda':
         torch.cuda.synchronize()
 
@@ -533,7 +635,8 @@ def train_run(hyp, data, seed, device, dtype, on_epoch, backend=None, log=print)
     torch.manual_seed(seed)
     data.reseed(seed)
     model = make_model(hyp['width'], device, dtype, dropout=hyp['dropout'])
-    opt = make_optimizer(model, hyp)
+    scaler = make_scaler(hyp, device)
+    opt = make_optimizer(model, hyp, fused=scaler is not None)
     steps_per_epoch = data.n_train // hyp['batch_size']
     settings = step_settings(hyp, steps_per_epoch)
     blf = BLF(hyp, backend, device, hyp['batch_size'], seed) if hyp['blf'] is not None else None
@@ -545,9 +648,10 @@ def train_run(hyp, data, seed, device, dtype, on_epoch, backend=None, log=print)
         start = clock.mark()
         epoch_settings = settings[epoch * steps_per_epoch:(epoch + 1) * steps_per_epoch]
         filtering = blf if blf is not None and epoch + 1 >= hyp['blf_start_epoch'] else None
-        totals = train_epoch(model, opt, data.train_batches(hyp['batch_size']), epoch_settings, hyp, filtering, ema)
+        totals = train_epoch(model, opt, data.train_batches(hyp['batch_size']), epoch_settings, hyp, filtering, ema, scaler)
         end = clock.mark()
-        test = evaluate(ema.model() if ema else model, data.test_batches(hyp['eval_batch_size']))  # not timed
+        amp = hyp['precision'] == 'amp'
+        test = evaluate(ema.model() if ema else model, data.test_batches(hyp['eval_batch_size']), amp=amp)  # not timed
         seconds = clock.seconds(start, end)  # the one sync of the epoch
         total += seconds
         row = epoch_row(seed, epoch + 1, epoch_settings[-1]['lr'], totals, test, seconds, total)
@@ -563,7 +667,7 @@ def train_run(hyp, data, seed, device, dtype, on_epoch, backend=None, log=print)
             log(f'# early stop after epoch {stopped_at} (--early-stop {hyp["early_stop"]})')
             break
     start = clock.mark()
-    final = evaluate(ema.model() if ema else model, data.test_batches(hyp['eval_batch_size']), tta=hyp['tta'])
+    final = evaluate(ema.model() if ema else model, data.test_batches(hyp['eval_batch_size']), tta=hyp['tta'], amp=amp)
     end = clock.mark()
     eval_s = clock.seconds(start, end)
     return {'seed': seed, 'test_acc': final['correct'].item() / final['count'],
@@ -682,6 +786,8 @@ def positive_ints(text):
 def parse_args(argv):
     p = OneLineParser(description=__doc__.split('\n')[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     special = {'blf': {'type': float}, 'blf_mode': {'choices': ['compact', 'mask']},
+               'wd_mode': {'choices': ['l2', 'decoupled']}, 'optimizer': {'choices': ['sgd', 'adam']},
+               'precision': {'choices': ['auto', 'fp16', 'amp', 'bf16', 'fp32']},
                'blf_impl': {'choices': ['triton', 'torch']}, 'subset_control': {'choices': ['none', 'random']},
                **{k: {'type': parse_schedule} for k in ('lr_schedule', 'momentum_schedule', 'wd_schedule', 'blf_schedule')}}
     for key, default in hyp.items():
@@ -707,6 +813,12 @@ def check_args(args):
         (0 < args.lr_peak < 1, f'--lr-peak must be in (0, 1), got {args.lr_peak}'),
         (0 <= args.momentum < 1, f'--momentum must be in [0, 1), got {args.momentum}'),
         (args.weight_decay >= 0, f'--weight-decay must be >= 0, got {args.weight_decay}'),
+        (args.bn_weight_decay in (0, 1), f'--bn-weight-decay must be 0 or 1, got {args.bn_weight_decay}'),
+        (args.bn_lr_scale >= 0, f'--bn-lr-scale must be >= 0, got {args.bn_lr_scale}'),
+        (args.clip_norm >= 0, f'--clip-norm must be >= 0, got {args.clip_norm}'),
+        (args.agc >= 0, f'--agc must be >= 0, got {args.agc}'),
+        (args.optimizer != 'adam' or args.precision in ('amp', 'fp32') or (args.precision == 'auto' and args.device == 'cpu'),
+         "--optimizer adam needs fp32 weights (its second moments underflow in fp16): add --precision amp or fp32"),
         (0 <= args.label_smoothing < 1, f'--label-smoothing must be in [0, 1), got {args.label_smoothing}'),
         (args.width > 0, f'--width must be positive, got {args.width}'),
         (0 <= args.crop_pad <= 16, f'--crop-pad must be in 0..16, got {args.crop_pad}'),
@@ -768,13 +880,14 @@ def main(argv=None):
 def run(args, argv):
     h = {key: getattr(args, key) for key in hyp}
     device = torch.device(args.device)
-    dtype = torch.float16 if device.type == 'cuda' else torch.float32
+    h['precision'] = resolve_precision(h['precision'], device)
+    dtype, data_dtype = PRECISIONS[h['precision']]
     if device.type == 'cuda':
         torch.backends.cudnn.benchmark = True
     backend = blf_backend(h['blf_impl'], device) if h['blf'] is not None else None
 
     data_cpu = data_gpu.load_cifar10(args.data_dir, download=not args.no_download, log=print)
-    data = data_gpu.DeviceCIFAR10(data_cpu, device, dtype, n_train=args.n_train, n_test=args.n_test,
+    data = data_gpu.DeviceCIFAR10(data_cpu, device, data_dtype, n_train=args.n_train, n_test=args.n_test,
                                   flip=bool(h['flip']), crop_pad=h['crop_pad'], cutout=h['cutout'],
                                   cutout_count=h['cutout_count'])
     record = Record(args.out_dir)
@@ -789,7 +902,7 @@ def run(args, argv):
     record.copy_source()
 
     log(f'# {shlex.join(["python", "train.py"] + argv)}')
-    log(f'# {env["device"]} | torch {env["torch"]} | {dtype} | {data.n_train} train / {len(data.test_y)} test images '
+    log(f'# {env["device"]} | torch {env["torch"]} | {h["precision"]} | {data.n_train} train / {len(data.test_y)} test images '
         f'| record: {record.path}')
     log('# time = training steps (augmentation included) + final evaluation; per-epoch test evals excluded')
     warm_up(h, data, device, dtype, backend)

@@ -213,7 +213,7 @@ def test_dropout_sits_before_the_classifier_and_is_off_in_eval():
 def test_early_stop_ends_the_run_and_says_so(cifar, monkeypatch):
     calls = []
 
-    def worsening_evaluate(model, batches, tta=0):
+    def worsening_evaluate(model, batches, tta=0, amp=False):
         calls.append(tta)
         return {'loss': torch.tensor(10.0 + len(calls)), 'correct': torch.tensor(1.0), 'count': 10}
     monkeypatch.setattr(train, 'evaluate', worsening_evaluate)

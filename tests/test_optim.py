@@ -1,0 +1,132 @@
+"""Optimiser tricks: parameter groups, decoupled weight decay, clipping, AGC, precision and loss scaling."""
+import pytest
+import torch
+import torch.nn as nn
+
+import train
+
+
+def tiny(hyp, fused=False):
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2, bias=False))
+    return model, train.make_optimizer(model, hyp, fused=fused)
+
+
+SETTING = {'lr': 0.1, 'momentum': 0.0, 'weight_decay': 0.01, 'blf': 1.0}
+
+
+def step(model, opt, hyp, loss_fn, scaler=None, setting=SETTING):
+    train.apply_setting(opt, setting, hyp)
+    before = [p.detach().clone() for p in model.parameters()]
+    loss = loss_fn(model)
+    train.backward_and_step(model, opt, loss, hyp, scaler)
+    return before
+
+
+def simple_loss(model):
+    return model(torch.arange(6.0).view(2, 3)).square().mean()
+
+
+def test_param_groups_put_batchnorm_and_biases_apart():
+    h = {**train.hyp, 'bn_lr_scale': 64.0, 'bn_weight_decay': 0}
+    model, opt = tiny(h)
+    weights, norms = opt.param_groups
+    assert [p.shape for p in weights['params']] == [(4, 3), (2, 4)]
+    assert [p.shape for p in norms['params']] == [(4,), (4,), (4,)]  # first bias, BN weight and bias
+    train.apply_setting(opt, SETTING, h)
+    assert (weights['lr'], norms['lr']) == (0.1, pytest.approx(6.4))
+    assert (weights['weight_decay'], norms['weight_decay']) == (0.01, 0.0)
+    resnet_groups = train.param_groups(train.ResNet9(0.25), train.hyp)
+    assert len(resnet_groups[0]['params']) == 9 and len(resnet_groups[1]['params']) == 16
+
+
+def test_decoupled_weight_decay_is_applied_apart_from_the_gradient():
+    h = {**train.hyp, 'wd_mode': 'decoupled', 'bn_weight_decay': 0}
+    model, opt = tiny(h)
+    before = step(model, opt, h, simple_loss)
+    grads = [p.grad for p in model.parameters()]
+    weights = {id(p) for p in opt.param_groups[0]['params']}
+    for p, w0, g in zip(model.parameters(), before, grads):
+        decay = 1 - 0.1 * 0.01 if id(p) in weights else 1.0
+        torch.testing.assert_close(p.detach(), w0 * decay - 0.1 * g, rtol=1e-6, atol=1e-7)
+    assert all(g['weight_decay'] == 0 for g in opt.param_groups), 'SGDW must not also add L2'
+
+
+def test_l2_weight_decay_goes_through_the_gradient():
+    h = {**train.hyp, 'wd_mode': 'l2'}
+    model, opt = tiny(h)
+    before = step(model, opt, h, simple_loss)
+    for p, w0 in zip(model.parameters(), before):
+        torch.testing.assert_close(p.detach(), w0 - 0.1 * (p.grad + 0.01 * w0), rtol=1e-6, atol=1e-7)
+
+
+def test_adam_takes_momentum_as_beta1_and_adamw_is_decoupled():
+    h = {**train.hyp, 'optimizer': 'adam', 'wd_mode': 'decoupled'}
+    model, opt = tiny(h)
+    assert isinstance(opt, torch.optim.AdamW)
+    train.apply_setting(opt, {**SETTING, 'momentum': 0.8}, h)
+    assert opt.param_groups[0]['betas'] == (0.8, 0.999) and opt.param_groups[0]['weight_decay'] == 0.01
+    assert isinstance(tiny({**h, 'wd_mode': 'l2'})[1], torch.optim.Adam)
+
+
+def test_global_norm_clipping():
+    h = {**train.hyp, 'clip_norm': 0.5}
+    model, opt = tiny(h)
+    before = step(model, opt, h, lambda m: 1000 * simple_loss(m), setting={**SETTING, 'weight_decay': 0.0})
+    total = torch.sqrt(sum(p.grad.square().sum() for p in model.parameters()))
+    torch.testing.assert_close(total, torch.tensor(0.5), rtol=1e-4, atol=0)
+    for p, w0 in zip(model.parameters(), before):
+        torch.testing.assert_close(p.detach(), w0 - 0.1 * p.grad)
+
+
+def test_agc_clips_exactly_the_layers_over_the_ratio():
+    over, under = nn.Parameter(torch.full((4,), 1.0)), nn.Parameter(torch.full((9,), 2.0))
+    over.grad = torch.full((4,), 3.0)    # ||g|| / ||w|| = 3
+    under.grad = torch.full((9,), 0.02)  # 0.01
+    train.adaptive_clip_([over, under], ratio=0.1)
+    torch.testing.assert_close(over.grad.norm(), 0.1 * over.detach().norm())
+    torch.testing.assert_close(over.grad, torch.full((4,), 0.1))  # direction kept
+    assert torch.equal(under.grad, torch.full((9,), 0.02))
+    tiny_w = nn.Parameter(torch.zeros(4))  # zero weights: the eps keeps a small step possible
+    tiny_w.grad = torch.ones(4)
+    train.adaptive_clip_([tiny_w], ratio=0.1)
+    torch.testing.assert_close(tiny_w.grad.norm(), torch.tensor(0.1 * 1e-3))
+
+
+def test_loss_scaling_steps_normally_and_skips_an_overflowing_step():
+    h = {**train.hyp, 'precision': 'amp'}
+    model, opt = tiny(h, fused=True)
+    scaler = train.make_scaler(h, 'cpu')
+    scale = scaler.get_scale()
+    before = step(model, opt, h, simple_loss, scaler)
+    assert any(not torch.equal(p, w0) for p, w0 in zip(model.parameters(), before))
+    before = step(model, opt, h, lambda m: simple_loss(m) * float('inf'), scaler)
+    assert all(torch.equal(p, w0) for p, w0 in zip(model.parameters(), before)), 'the inf step must be skipped'
+    assert scaler.get_scale() == scale / 2
+
+
+def test_precision_modes_give_the_documented_dtypes():
+    assert train.resolve_precision('auto', 'cpu') == 'fp32' and train.resolve_precision('auto', 'cuda') == 'fp16'
+    assert train.PRECISIONS['amp'] == (torch.float32, torch.float16)
+    assert train.PRECISIONS['bf16'] == (torch.bfloat16, torch.bfloat16)
+    model = train.make_model(0.125, 'cpu', train.PRECISIONS['bf16'][0])
+    assert model.linear.weight.dtype == torch.bfloat16 and model.prep[1].weight.dtype == torch.float32
+
+
+@pytest.mark.gpu
+def test_gpu_amp_epoch_with_clipping_has_no_host_sync(cifar):
+    h = {**train.hyp, 'precision': 'amp', 'clip_norm': 1.0, 'agc': 0.1, 'wd_mode': 'decoupled', 'ema': 0.99}
+    weights, inputs = train.PRECISIONS['amp']
+    data = train.data_gpu.DeviceCIFAR10(cifar, 'cuda', inputs, n_train=10240, n_test=1000)
+    model = train.make_model(1.0, 'cuda', weights)
+    scaler = train.make_scaler(h, 'cuda')
+    opt = train.make_optimizer(model, h, fused=True)
+    ema = train.EMA(model, h['ema'])
+    settings = train.step_settings(h, data.n_train // h['batch_size'])
+    train.train_epoch(model, opt, data.train_batches(h['batch_size']), settings, h, ema=ema, scaler=scaler)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode('error')
+    try:
+        train.train_epoch(model, opt, data.train_batches(h['batch_size']), settings, h, ema=ema, scaler=scaler)
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
