@@ -17,6 +17,7 @@ import json
 import math
 import os
 import platform
+import random
 import shlex
 import shutil
 import subprocess
@@ -60,6 +61,8 @@ hyp = {
     'cutout': 8,               # Cutout box side in pixels (0 = off)
     'cutout_count': 1,         # Cutout boxes per image
     'dropout': 0.0,            # dropout rate before the classifier
+    'mixup': 0.0,              # Mixup: lambda ~ Beta(a, a) per batch (0 = off)
+    'cutmix': 0.0,             # CutMix: lambda ~ Beta(a, a) per batch, a box of area (1 - lambda) pasted (0 = off)
     'tta': 1,                  # final evaluation: 0 = plain, 1 = + mirror image, 2 = + 1-pixel translations of both
     'ema': 0.0,                # decay per step of an exponential moving average of the weights (0 = off); evaluate with it
     'plateau': 3,              # print a line when the test loss has not improved for this many epochs (0 = never)
@@ -101,6 +104,8 @@ HELP = {
     'cutout': 'side of the Cutout square in pixels, clipped at the borders (0 = off)',
     'cutout_count': 'Cutout squares per image',
     'dropout': 'dropout rate before the final linear layer',
+    'mixup': 'Mixup with lambda ~ Beta(a, a) drawn per batch (0 = off)',
+    'cutmix': 'CutMix with lambda ~ Beta(a, a) drawn per batch (0 = off; not together with --mixup)',
     'tta': 'test-time augmentation of the final evaluation: 0 = none, 1 = flip, 2 = flip and 1-pixel translations',
     'ema': 'decay per step of an exponential moving average of the weights, evaluated instead of them (0 = off)',
     'plateau': 'print a line when the test loss has not improved for this many epochs (0 = never)',
@@ -333,17 +338,55 @@ def autocast(hyp, device):
     return torch.autocast(torch.device(device).type, dtype=torch.float16, enabled=hyp['precision'] == 'amp')
 
 
-def train_step(model, opt, x, y, hyp, totals, scaler=None):
+class Mixer:
+    """Mixup or CutMix, batch-wise on the device. lambda (and CutMix's box) is drawn on the host
+    from a seeded generator, the partner permutation on the device: nothing crosses back.
+    Returns the mixed images and `mix` = (partner labels, lambda) for mixed_cross_entropy."""
+
+    def __init__(self, hyp, device, seed):
+        self.kind = 'mixup' if hyp['mixup'] else 'cutmix'
+        self.alpha = hyp['mixup'] or hyp['cutmix']
+        self.rng = random.Random(seed)
+        self.gen = torch.Generator(device=device).manual_seed(seed + 7)
+
+    def __call__(self, x, y):
+        lam = self.rng.betavariate(self.alpha, self.alpha)
+        perm = torch.randperm(len(y), device=y.device, generator=self.gen)
+        partner = x[perm]
+        if self.kind == 'mixup':
+            mixed = lam * x + (1 - lam) * partner
+        else:  # a box of about (1 - lam) of the area, clipped at the borders; lam = what is left
+            h, w = x.shape[2:]
+            side_h, side_w = round(h * math.sqrt(1 - lam)), round(w * math.sqrt(1 - lam))
+            cy, cx = self.rng.randrange(h), self.rng.randrange(w)
+            y0, y1 = max(cy - side_h // 2, 0), min(cy - side_h // 2 + side_h, h)
+            x0, x1 = max(cx - side_w // 2, 0), min(cx - side_w // 2 + side_w, w)
+            mixed = x.clone()
+            mixed[:, :, y0:y1, x0:x1] = partner[:, :, y0:y1, x0:x1]
+            lam = 1 - (y1 - y0) * (x1 - x0) / (h * w)
+        return mixed.contiguous(memory_format=torch.channels_last), (y[perm], lam)
+
+
+def mixed_cross_entropy(logits, y, mix, smoothing, reduction='mean'):
+    """lam * CE(logits, y) + (1 - lam) * CE(logits, partner): cross-entropy against the mixed target."""
+    loss = F.cross_entropy(logits.float(), y, label_smoothing=smoothing, reduction=reduction)
+    if mix is None:
+        return loss
+    partner, lam = mix
+    return lam * loss + (1 - lam) * F.cross_entropy(logits.float(), partner, label_smoothing=smoothing, reduction=reduction)
+
+
+def train_step(model, opt, x, y, hyp, totals, scaler=None, mix=None):
     with autocast(hyp, x.device):
         logits = model(x)
-    loss = F.cross_entropy(logits.float(), y, label_smoothing=hyp['label_smoothing'])
+    loss = mixed_cross_entropy(logits, y, mix, hyp['label_smoothing'])
     backward_and_step(model, opt, loss, hyp, scaler)
     totals['loss'] += loss.detach() * len(y)
     totals['correct'] += (logits.argmax(1) == y).sum()
     totals['count'] += len(y)
 
 
-def train_epoch(model, opt, batches, settings, hyp, blf=None, ema=None, scaler=None):
+def train_epoch(model, opt, batches, settings, hyp, blf=None, ema=None, scaler=None, mixer=None):
     """One pass over `batches`; per step, `settings` gives lr, momentum, weight decay and BLF's p
     (host floats, so nothing syncs); BLF steps when `blf` is given. Returns device tensors."""
     device = next(model.parameters()).device
@@ -353,11 +396,12 @@ def train_epoch(model, opt, batches, settings, hyp, blf=None, ema=None, scaler=N
         totals.update(steps=0, rows_trained=0)
     for (x, y), setting in zip(batches, settings):
         apply_setting(opt, setting, hyp)
+        x, mix = mixer(x, y) if mixer is not None else (x, None)
         if blf is None:
-            train_step(model, opt, x, y, hyp, totals, scaler)
+            train_step(model, opt, x, y, hyp, totals, scaler, mix)
         else:
             blf.p = setting['blf']
-            blf_train_step(model, opt, x, y, hyp, totals, blf, scaler)
+            blf_train_step(model, opt, x, y, hyp, totals, blf, scaler, mix)
         if ema is not None:
             ema.update()
     return totals
@@ -529,7 +573,27 @@ class running_stats_frozen:
             bn.track_running_stats = True
 
 
-def blf_train_step(model, opt, x, y, hyp, totals, blf, scaler=None):
+def blf_losses(be, logits, y, mix, smoothing):
+    """Per-sample losses for the selection, and each label set's (losses, lse) for the weighted loss.
+    Under Mixup/CutMix a sample's loss is its mixed loss, lam * CE(y) + (1 - lam) * CE(partner)."""
+    losses, lse = be.cross_entropy_forward(logits, y, smoothing)
+    if mix is None:
+        return losses, [(losses, lse)]
+    partner, lam = mix
+    losses_b, lse_b = be.cross_entropy_forward(logits, partner, smoothing)
+    return lam * losses + (1 - lam) * losses_b, [(losses, lse), (losses_b, lse_b)]
+
+
+def blf_weighted_loss(be, logits, y, mix, weight, smoothing, parts=(None, None)):
+    """sum_i weight_i * loss_i for the (possibly mixed) per-sample loss; parts from blf_losses skip a pass."""
+    loss = be.weighted_cross_entropy(logits, y, weight, smoothing, *(parts[0] or (None, None)))
+    if mix is None:
+        return loss
+    partner, lam = mix
+    return lam * loss + (1 - lam) * be.weighted_cross_entropy(logits, partner, weight, smoothing, *(parts[1] or (None, None)))
+
+
+def blf_train_step(model, opt, x, y, hyp, totals, blf, scaler=None, mix=None):
     """One BLF step. mask: one forward, gradient (softmax - target)/k on kept rows and exactly 0
     elsewhere. compact: a no-grad forward of the whole batch (train-mode BatchNorm: full-batch
     statistics, and the only update of the running statistics), selection, then forward and
@@ -538,21 +602,22 @@ def blf_train_step(model, opt, x, y, hyp, totals, blf, scaler=None):
     if hyp['blf_mode'] == 'mask':
         with autocast(hyp, x.device):
             logits = model(x)
-        losses, lse = be.cross_entropy_forward(logits.detach(), y, s)
+        losses, parts = blf_losses(be, logits.detach(), y, mix, s)
         sel = blf.select(losses, cap=n)
-        loss = be.weighted_cross_entropy(logits, y, sel.weight, s, losses, lse)
+        loss = blf_weighted_loss(be, logits, y, mix, sel.weight, s, parts)
         rows_trained = n
     else:
         with torch.no_grad(), autocast(hyp, x.device):
             logits = model(x)
-        losses, _ = be.cross_entropy_forward(logits, y, s)
+        losses, _ = blf_losses(be, logits, y, mix, s)
         rows_trained = blf.kept_size()  # a host int from an earlier step: no sync
         sel = blf.select(losses, cap=rows_trained)
         blf.count.push(sel.counts[0])
         rows = sel.order[:rows_trained]
         with running_stats_frozen(model), autocast(hyp, x.device):
             kept_logits = model(x[rows])
-        loss = be.weighted_cross_entropy(kept_logits, y[rows], sel.weight[rows], s)
+        kept_mix = None if mix is None else (mix[0][rows], mix[1])
+        loss = blf_weighted_loss(be, kept_logits, y[rows], kept_mix, sel.weight[rows], s)
     backward_and_step(model, opt, loss, hyp, scaler)
     totals['loss'] += sel.stats[1] * n
     totals['correct'] += (logits.argmax(1) == y).sum()
@@ -641,6 +706,7 @@ def train_run(hyp, data, seed, device, dtype, on_epoch, backend=None, log=print)
     settings = step_settings(hyp, steps_per_epoch)
     blf = BLF(hyp, backend, device, hyp['batch_size'], seed) if hyp['blf'] is not None else None
     ema = EMA(model, hyp['ema']) if hyp['ema'] else None
+    mixer = Mixer(hyp, device, seed) if hyp['mixup'] or hyp['cutmix'] else None
     plateau = Plateau(hyp['plateau'], hyp['early_stop'])
     clock = Stopwatch(device)
     total, stopped_at = 0.0, None
@@ -648,7 +714,8 @@ def train_run(hyp, data, seed, device, dtype, on_epoch, backend=None, log=print)
         start = clock.mark()
         epoch_settings = settings[epoch * steps_per_epoch:(epoch + 1) * steps_per_epoch]
         filtering = blf if blf is not None and epoch + 1 >= hyp['blf_start_epoch'] else None
-        totals = train_epoch(model, opt, data.train_batches(hyp['batch_size']), epoch_settings, hyp, filtering, ema, scaler)
+        totals = train_epoch(model, opt, data.train_batches(hyp['batch_size']), epoch_settings, hyp, filtering, ema,
+                             scaler, mixer)
         end = clock.mark()
         amp = hyp['precision'] == 'amp'
         test = evaluate(ema.model() if ema else model, data.test_batches(hyp['eval_batch_size']), amp=amp)  # not timed
@@ -826,6 +893,8 @@ def check_args(args):
         (0 <= args.cutout <= 32, f'--cutout must be in 0..32, got {args.cutout}'),
         (args.cutout_count >= 1, f'--cutout-count must be at least 1, got {args.cutout_count}'),
         (0 <= args.dropout < 1, f'--dropout must be in [0, 1), got {args.dropout}'),
+        (args.mixup >= 0 and args.cutmix >= 0, '--mixup and --cutmix must be >= 0'),
+        (not (args.mixup and args.cutmix), '--mixup and --cutmix: choose one'),
         (args.plateau >= 0, f'--plateau must be >= 0, got {args.plateau}'),
         (args.early_stop >= 0, f'--early-stop must be >= 0, got {args.early_stop}'),
         (args.tta in (0, 1, 2), f'--tta must be 0, 1 or 2, got {args.tta}'),

@@ -45,6 +45,8 @@ def one_line_error(res, pattern):
     (['--agc', '-0.1'], '--agc must be >= 0'),
     (['--optimizer', 'adam', '--precision', 'fp16'], '--optimizer adam needs fp32 weights'),
     (['--precision', 'fp8'], "argument --precision: invalid choice: 'fp8'"),
+    (['--mixup', '0.4', '--cutmix', '1'], '--mixup and --cutmix: choose one'),
+    (['--mixup', '-1'], '--mixup and --cutmix must be >= 0'),
     (['--device', 'tpu'], '--device must be cuda, cuda:N or cpu'),
     (['--device', 'cuda:x'], '--device must be cuda, cuda:N or cpu'),
     (['--device', 'cpu:0'], '--device must be cuda, cuda:N or cpu'),

@@ -1,0 +1,87 @@
+"""Mixup and CutMix: the mixed images, the mixed loss, and BLF's per-sample loss under mixing."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import train
+from kernels import reference
+
+
+def encoded_batch(n=64):
+    """Images filled with their label's value, so every pixel says where it came from."""
+    y = torch.arange(n) % 10
+    x = (y.float() * 10).view(n, 1, 1, 1).expand(n, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    return x, y
+
+
+def test_mixed_loss_is_cross_entropy_against_the_mixed_target():
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(16, 10, generator=g)
+    y, partner = torch.randint(0, 10, (16,), generator=g), torch.randint(0, 10, (16,), generator=g)
+    lam = 0.3
+    target = lam * F.one_hot(y, 10).float() + (1 - lam) * F.one_hot(partner, 10).float()
+    torch.testing.assert_close(target.sum(1), torch.ones(16))
+    differ = y != partner
+    assert torch.allclose(target[differ, y[differ]], torch.tensor(lam)) and differ.any()
+    for smoothing in (0.0, 0.1):
+        smoothed = target * (1 - smoothing) + smoothing / 10
+        want = F.cross_entropy(logits, smoothed, reduction='none')
+        got = train.mixed_cross_entropy(logits, y, (partner, lam), smoothing, reduction='none')
+        torch.testing.assert_close(got, want)
+
+
+def test_mixup_images_are_the_weighted_sum_of_a_pair():
+    h = {**train.hyp, 'mixup': 0.4}
+    x, y = encoded_batch()
+    mixed, (partner, lam) = train.Mixer(h, 'cpu', seed=1)(x, y)
+    assert 0 < lam < 1 and not torch.equal(partner, y)
+    want = (lam * y.float() * 10 + (1 - lam) * partner.float() * 10).view(-1, 1, 1, 1).expand_as(x)
+    torch.testing.assert_close(mixed, want)
+    assert mixed.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_cutmix_pastes_one_box_whose_area_is_one_minus_lambda():
+    h = {**train.hyp, 'cutmix': 1.0}
+    x, y = encoded_batch()
+    mixer = train.Mixer(h, 'cpu', seed=3)
+    for _ in range(20):
+        mixed, (partner, lam) = mixer(x, y)
+        from_partner = (mixed[:, 0] == (partner.float() * 10).view(-1, 1, 1)) & (partner != y).view(-1, 1, 1)
+        own = mixed[:, 0] == (y.float() * 10).view(-1, 1, 1)
+        assert torch.all(own | from_partner)
+        rows = partner != y
+        areas = from_partner[rows].sum((1, 2))
+        assert torch.all(areas == areas[0]), 'one box for the whole batch'
+        assert areas[0].item() == round((1 - lam) * 1024)
+
+
+def test_mixers_are_seeded():
+    h = {**train.hyp, 'mixup': 0.4}
+    x, y = encoded_batch()
+    a, b = train.Mixer(h, 'cpu', seed=5), train.Mixer(h, 'cpu', seed=5)
+    for _ in range(3):
+        (xa, (pa, la)), (xb, (pb, lb)) = a(x, y), b(x, y)
+        assert la == lb and torch.equal(pa, pb) and torch.equal(xa, xb)
+
+
+@pytest.mark.parametrize('impl', ['triton', 'torch'])
+def test_blf_under_mixup_trains_on_the_top_mixed_losses(cifar, impl):
+    torch.manual_seed(0)
+    h = {**train.hyp, 'blf': 0.7, 'blf_mode': 'mask', 'blf_impl': impl, 'label_smoothing': 0.1, 'mixup': 0.4,
+         'weight_decay': 0.0, 'momentum': 0.0}
+    model = train.make_model(0.25, 'cpu', torch.float32)
+    opt = train.make_optimizer(model, h)
+    x = train.data_gpu.normalize(cifar['train_x'][:96], torch.float32).contiguous(memory_format=torch.channels_last)
+    y = cifar['train_y'][:96]
+    mixed, mix = train.Mixer(h, 'cpu', seed=0)(x, y)
+    blf = train.BLF(h, train.blf_backend(impl, 'cpu'), 'cpu', 96, seed=0)
+    before = copy.deepcopy(model)
+    totals = {**{k: torch.zeros(()) for k in ('loss', 'correct', 'count') + train.BLF_TOTALS}, 'steps': 0, 'rows_trained': 0}
+    train.blf_train_step(model, opt, mixed, y, h, totals, blf, mix=mix)
+    losses = train.mixed_cross_entropy(before(mixed), y, mix, 0.1, reduction='none')
+    sel = reference.select_top_loss(losses.detach(), 0.7)
+    losses[sel.order[:int(sel.counts[0])]].mean().backward()
+    for p, q in zip(model.parameters(), before.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6)
