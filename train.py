@@ -78,6 +78,7 @@ hyp = {
     'blf_bucket': 64,          # compact: the kept batch is the host-known count rounded up to a multiple of this
     'subset_control': 'none',  # random: keep as many samples as BLF would, chosen at random (the honest baseline)
     'blf_schedule': None,      # knots 'epoch:p,...' for BLF's p (a curriculum: 1.0 early, lower later)
+    'blf_bottom': 0.0,         # also keep this share of the batch from the lowest losses (forum post #9)
 }
 
 HELP = {
@@ -121,6 +122,7 @@ HELP = {
     'blf_bucket': 'BLF compact: size granularity of the kept batch (fewer shapes, headroom for a growing count)',
     'subset_control': 'none, or random: train on a random subset as large as BLF would keep (needs --blf)',
     'blf_schedule': "piecewise-linear BLF p over epochs, e.g. 0:1.0,10:0.9 (needs --blf)",
+    'blf_bottom': 'BLF: also keep this share of the batch with the lowest losses (top-N and bottom-N)',
 }
 
 
@@ -526,6 +528,7 @@ class BLF:
         self.backend, self.hyp, self.batch_size = backend, hyp, batch_size
         self.p = hyp['blf']  # train_epoch sets it each step from the schedule
         self.k_min = min_samples(hyp['blf_min_samples'], batch_size)
+        self.n_bottom = min_samples(hyp['blf_bottom'], batch_size)
         self.count = LaggedCount(device, batch_size)
         self.fixed_size = None  # warm-up pins the compact batch size to visit every shape
         self.gen = None
@@ -537,12 +540,40 @@ class BLF:
         if self.fixed_size is not None:
             return self.fixed_size
         bucket = self.hyp['blf_bucket']
-        return min(self.batch_size, -(-self.count.latest() // bucket) * bucket)
+        wanted = max(self.count.latest(), self.n_bottom + 1)
+        return min(self.batch_size, -(-wanted // bucket) * bucket)
 
     def select(self, losses, cap):
+        """The step's Selection, at most `cap` rows kept (bottom rows included)."""
         h = self.hyp
-        sel = self.backend.select_top_loss(losses, self.p, self.k_min, h['blf_round_to'], cap)
+        sel = self.backend.select_top_loss(losses, self.p, self.k_min, h['blf_round_to'], cap - self.n_bottom)
+        if self.n_bottom:
+            sel = with_bottom(sel, losses, self.n_bottom)
         return sel if self.gen is None else random_subset(sel, losses, self.gen)
+
+    def rows(self, sel, size):
+        """The `size` rows the compact pass trains on: the first of the loss order, and with
+        --blf-bottom its last n_bottom (the random control's order is already random)."""
+        if not self.n_bottom or self.gen is not None:
+            return sel.order[:size]
+        n = sel.order.numel()
+        return torch.cat([sel.order[:size - self.n_bottom], sel.order[n - self.n_bottom:]])
+
+
+def with_bottom(sel, losses, n_bottom):
+    """Forum post #9's variant: besides the top rows, keep the n_bottom lowest-loss rows; every kept
+    row weighs 1/count. counts become [k + n_bottom, rows kept]."""
+    from kernels import Selection
+    n = losses.numel()
+    rank = torch.arange(n, device=losses.device)
+    top = sel.counts[1].clamp(max=n - n_bottom)
+    kept = (rank < top) | (rank >= n - n_bottom)
+    count = top + n_bottom
+    weight = torch.zeros(n, device=losses.device).scatter(0, sel.order, kept / count)
+    clean = torch.where(torch.isfinite(losses), losses, 0.0)
+    kept_sum = torch.dot(weight, losses) * count
+    stats = torch.stack([torch.dot(weight, clean) * count / clean.sum().clamp_min(1e-30), losses.mean(), kept_sum / count])
+    return Selection(weight, sel.order, torch.stack([sel.counts[0] + n_bottom, count]).int(), stats)
 
 
 def random_subset(sel, losses, gen):
@@ -613,7 +644,7 @@ def blf_train_step(model, opt, x, y, hyp, totals, blf, scaler=None, mix=None):
         rows_trained = blf.kept_size()  # a host int from an earlier step: no sync
         sel = blf.select(losses, cap=rows_trained)
         blf.count.push(sel.counts[0])
-        rows = sel.order[:rows_trained]
+        rows = blf.rows(sel, rows_trained)
         with running_stats_frozen(model), autocast(hyp, x.device):
             kept_logits = model(x[rows])
         kept_mix = None if mix is None else (mix[0][rows], mix[1])
@@ -649,7 +680,8 @@ def warm_up(hyp, data, device, dtype, blf_backend_module=None, steps=3):
     train_epoch(model, opt, [(x, y)] * steps, settings, hyp, ema=ema, scaler=scaler)
     if blf_backend_module is not None:
         blf = BLF(hyp, blf_backend_module, device, bs, seed=0)
-        sizes = [bs] if hyp['blf_mode'] == 'mask' else sorted({min(bs, k) for k in range(hyp['blf_bucket'], bs + hyp['blf_bucket'], hyp['blf_bucket'])})
+        sizes = [bs] if hyp['blf_mode'] == 'mask' else sorted(
+            {min(bs, k) for k in range(hyp['blf_bucket'], bs + hyp['blf_bucket'], hyp['blf_bucket']) if k > blf.n_bottom})
         for size in sizes:  # compact: every kept-batch shape the run can meet
             blf.fixed_size = size
             train_epoch(model, opt, [(x, y)], settings[:1], hyp, blf, scaler=scaler)
@@ -910,6 +942,8 @@ def check_args(args):
         (args.blf_bucket >= 1, f'--blf-bucket must be at least 1, got {args.blf_bucket}'),
         (args.subset_control == 'none' or args.blf is not None, '--subset-control random needs --blf P (its size)'),
         (args.blf_schedule is None or args.blf is not None, '--blf-schedule needs --blf (it turns BLF on)'),
+        (0 <= args.blf_bottom < 1, f'--blf-bottom must be in [0, 1), got {args.blf_bottom}'),
+        (not args.blf_bottom or args.blf is not None, '--blf-bottom needs --blf'),
         (all(v >= 0 for _, v in args.lr_schedule or []), '--lr-schedule values must be >= 0'),
         (all(0 <= v < 1 for _, v in args.momentum_schedule or []), '--momentum-schedule values must be in [0, 1)'),
         (all(v >= 0 for _, v in args.wd_schedule or []), '--wd-schedule values must be >= 0'),

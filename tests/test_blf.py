@@ -215,3 +215,30 @@ def test_a_diverging_blf_run_stops_with_one_line_and_keeps_its_record(cifar_dir,
         'try a lower --lr']
     rows, _ = record_rows(tmp_path)
     assert len(rows) == 1 and rows[0]['train_loss'] != rows[0]['train_loss']  # NaN, written before stopping
+
+
+def test_blf_bottom_keeps_the_top_and_the_bottom_rows():
+    losses = torch.tensor([5.0, 0.1, 3.0, 0.2, 9.0, 0.3, 1.0, 0.05, 2.0, 0.4])  # total 21.05
+    h = {**train.hyp, 'blf': 0.6, 'blf_bottom': 0.2}
+    blf = train.BLF(h, reference, 'cpu', 10, seed=0)
+    sel = blf.select(losses, cap=10)  # top: 9 + 5 = 14 >= 12.63 -> rows 4, 0; bottom 2: rows 1, 7
+    assert sel.counts.tolist() == [4, 4]
+    assert sorted(torch.nonzero(sel.weight).flatten().tolist()) == [0, 1, 4, 7]
+    torch.testing.assert_close(sel.weight.sum(), torch.tensor(1.0))
+    torch.testing.assert_close(sel.stats[2], (9 + 5 + 0.1 + 0.05) / torch.tensor(4.0))
+    rows = blf.rows(sel, 6)  # compact with 6 rows: the top 4 by loss, then the bottom 2
+    assert rows.tolist() == [4, 0, 2, 8, 1, 7]
+    capped = blf.select(losses, cap=3)  # only one top row fits beside the two bottom ones
+    assert sorted(torch.nonzero(capped.weight).flatten().tolist()) == [1, 4, 7] and capped.counts.tolist() == [4, 3]
+
+
+def test_mask_step_with_blf_bottom_matches_autograd(cifar):
+    h, model, opt, x, y, blf = setup(cifar, 'triton', 'mask', blf_bottom=0.1)
+    before = copy.deepcopy(model)
+    train.blf_train_step(model, opt, x, y, h, new_totals(), blf)
+    losses = F.cross_entropy(before(x).float(), y, reduction='none', label_smoothing=h['label_smoothing'])
+    sel = reference.select_top_loss(losses.detach(), h['blf'])
+    kept = torch.cat([sel.order[:int(sel.counts[0])], sel.order[-10:]])  # ceil(0.1 * 96) = 10 bottom rows
+    losses[kept].mean().backward()
+    for p, q in zip(model.parameters(), before.parameters()):
+        torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6)

@@ -47,6 +47,7 @@ def one_line_error(res, pattern):
     (['--precision', 'fp8'], "argument --precision: invalid choice: 'fp8'"),
     (['--mixup', '0.4', '--cutmix', '1'], '--mixup and --cutmix: choose one'),
     (['--mixup', '-1'], '--mixup and --cutmix must be >= 0'),
+    (['--blf-bottom', '0.1'], '--blf-bottom needs --blf'),
     (['--device', 'tpu'], '--device must be cuda, cuda:N or cpu'),
     (['--device', 'cuda:x'], '--device must be cuda, cuda:N or cpu'),
     (['--device', 'cpu:0'], '--device must be cuda, cuda:N or cpu'),
