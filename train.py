@@ -664,27 +664,25 @@ def blf_train_step(model, opt, x, y, hyp, totals, blf, scaler=None, mix=None):
 # ----------------------------------------------------------------------------------------------
 # A run
 
-def warm_up(hyp, data, device, dtype, blf_backend_module=None, steps=3):
+def warm_up(hyp, data, device, dtype, backend=None, steps=3):
     """Run every step and eval shape on random data so cudnn autotuning, Triton compilation and
     lazy init happen outside the timed region. The model and optimiser used here are thrown away."""
     gen = torch.Generator(device=device).manual_seed(12345)
-    model = make_model(hyp['width'], device, dtype, dropout=hyp['dropout'])
-    scaler = make_scaler(hyp, device)
-    opt = make_optimizer(model, hyp, fused=scaler is not None)
+    parts = run_parts(hyp, device, dtype, 12345, backend)
+    model, opt, blf = parts['model'], parts['opt'], parts['blf']
+    extras = {k: parts[k] for k in ('ema', 'scaler', 'mixer')}
     bs = hyp['batch_size']
     x = torch.randn(bs, 3, 32, 32, device=device, generator=gen).to(data.test_x.dtype)
     x = x.contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (bs,), device=device, generator=gen)
     settings = step_settings(hyp, 1)[:1] * steps
-    ema = EMA(model, hyp['ema']) if hyp['ema'] else None
-    train_epoch(model, opt, [(x, y)] * steps, settings, hyp, ema=ema, scaler=scaler)
-    if blf_backend_module is not None:
-        blf = BLF(hyp, blf_backend_module, device, bs, seed=0)
+    train_epoch(model, opt, [(x, y)] * steps, settings, hyp, **extras)
+    if blf is not None:
         sizes = [bs] if hyp['blf_mode'] == 'mask' else sorted(
             {min(bs, k) for k in range(hyp['blf_bucket'], bs + hyp['blf_bucket'], hyp['blf_bucket']) if k > blf.n_bottom})
         for size in sizes:  # compact: every kept-batch shape the run can meet
             blf.fixed_size = size
-            train_epoch(model, opt, [(x, y)], settings[:1], hyp, blf, scaler=scaler)
+            train_epoch(model, opt, [(x, y)], settings[:1], hyp, blf, **extras)
     n_test, ebs = len(data.test_y), hyp['eval_batch_size']
     for n in {min(ebs, n_test), n_test % ebs or ebs}:
         evaluate(model, [(x[:1].expand(n, 3, 32, 32).contiguous(memory_format=torch.channels_last), y[:1].expand(n))],
@@ -727,18 +725,25 @@ def epoch_row(seed, epoch, lr, totals, test, seconds, total):
     return row
 
 
+def run_parts(hyp, device, dtype, seed, backend=None):
+    """What one run trains with: model, optimizer, and the optional BLF state, EMA, loss scaler
+    and Mixup/CutMix mixer (None when off)."""
+    model = make_model(hyp['width'], device, dtype, dropout=hyp['dropout'])
+    scaler = make_scaler(hyp, device)
+    return {'model': model, 'opt': make_optimizer(model, hyp, fused=scaler is not None), 'scaler': scaler,
+            'blf': BLF(hyp, backend, device, hyp['batch_size'], seed) if hyp['blf'] is not None else None,
+            'ema': EMA(model, hyp['ema']) if hyp['ema'] else None,
+            'mixer': Mixer(hyp, device, seed) if hyp['mixup'] or hyp['cutmix'] else None}
+
+
 def train_run(hyp, data, seed, device, dtype, on_epoch, backend=None, log=print):
     """One full training run from `seed`; on_epoch(row) gets each epoch's row. Returns the result."""
     torch.manual_seed(seed)
     data.reseed(seed)
-    model = make_model(hyp['width'], device, dtype, dropout=hyp['dropout'])
-    scaler = make_scaler(hyp, device)
-    opt = make_optimizer(model, hyp, fused=scaler is not None)
+    parts = run_parts(hyp, device, dtype, seed, backend)
+    model, opt, blf, ema, scaler, mixer = (parts[k] for k in ('model', 'opt', 'blf', 'ema', 'scaler', 'mixer'))
     steps_per_epoch = data.n_train // hyp['batch_size']
     settings = step_settings(hyp, steps_per_epoch)
-    blf = BLF(hyp, backend, device, hyp['batch_size'], seed) if hyp['blf'] is not None else None
-    ema = EMA(model, hyp['ema']) if hyp['ema'] else None
-    mixer = Mixer(hyp, device, seed) if hyp['mixup'] or hyp['cutmix'] else None
     plateau = Plateau(hyp['plateau'], hyp['early_stop'])
     clock = Stopwatch(device)
     total, stopped_at = 0.0, None

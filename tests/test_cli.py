@@ -48,6 +48,14 @@ def one_line_error(res, pattern):
     (['--mixup', '0.4', '--cutmix', '1'], '--mixup and --cutmix: choose one'),
     (['--mixup', '-1'], '--mixup and --cutmix must be >= 0'),
     (['--blf-bottom', '0.1'], '--blf-bottom needs --blf'),
+    (['--blf', '0.9', '--blf-bottom', '1'], '--blf-bottom must be in [0, 1)'),
+    (['--wd-schedule', '0:-1'], '--wd-schedule values must be >= 0'),
+    (['--label-smoothing', '1'], '--label-smoothing must be in [0, 1)'),
+    (['--cutout', '-1'], '--cutout must be in 0..32'),
+    (['--bn-lr-scale', '-1'], '--bn-lr-scale must be >= 0'),
+    (['--plateau', '-1'], '--plateau must be >= 0'),
+    (['--wd-mode', 'both'], "argument --wd-mode: invalid choice: 'both'"),
+    (['--optimizer', 'lion'], "argument --optimizer: invalid choice: 'lion'"),
     (['--device', 'tpu'], '--device must be cuda, cuda:N or cpu'),
     (['--device', 'cuda:x'], '--device must be cuda, cuda:N or cpu'),
     (['--device', 'cpu:0'], '--device must be cuda, cuda:N or cpu'),
@@ -58,9 +66,24 @@ def one_line_error(res, pattern):
     (['--blf-schedule', '0:1,5:0.9'], '--blf-schedule needs --blf'),
     (['--blf', '0.9', '--blf-schedule', '0:1,5:0'], '--blf-schedule values must be in (0, 1]'),
 ])
-def test_bad_values_give_one_line_errors(args, pattern, tmp_path):
-    one_line_error(run_script('train.py', *args, '--out-dir', tmp_path), pattern)
+def test_bad_values_give_one_line_errors(args, pattern, tmp_path, capsys):
+    # in-process: the same main() a user runs; a few cases below also run as real processes
+    try:
+        code = train.main([*args, '--out-dir', str(tmp_path)])
+    except SystemExit as e:  # argparse's own errors
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith('error:') and pattern in lines[0], err
     assert not os.listdir(tmp_path), 'nothing may be written for a rejected command'
+
+
+@pytest.mark.parametrize('args, pattern', [(['--epochs', '0'], '--epochs must be at least 1'),
+                                           (['--epochs', 'many'], "invalid int value: 'many'"),
+                                           (['--blf', '2'], '--blf must be in (0, 1]')])
+def test_bad_values_as_a_real_process(args, pattern, tmp_path):
+    one_line_error(run_script('train.py', *args, '--out-dir', tmp_path), pattern)
 
 
 def test_missing_data_dir_gives_one_line_error(tmp_path):

@@ -113,20 +113,33 @@ def test_precision_modes_give_the_documented_dtypes():
     assert model.linear.weight.dtype == torch.bfloat16 and model.prep[1].weight.dtype == torch.float32
 
 
+TRICK_SETS = {
+    'amp-clip-agc-sgdw-ema': {'precision': 'amp', 'clip_norm': 1.0, 'agc': 0.1, 'wd_mode': 'decoupled', 'ema': 0.99},
+    'mixup-blf-compact-bottom-schedules': {'mixup': 0.4, 'blf': 0.9, 'blf_bottom': 0.05, 'bn_lr_scale': 4.0,
+                                           'momentum_schedule': [(0, 0.85), (1, 0.95)], 'blf_schedule': [(0, 1.0), (1, 0.8)]},
+    'cutmix-bf16-dropout-cutout2': {'cutmix': 1.0, 'dropout': 0.2, 'cutout_count': 2, 'precision': 'bf16'},
+    'adamw-amp-blf-mask-random': {'optimizer': 'adam', 'wd_mode': 'decoupled', 'precision': 'amp', 'lr': 1e-3,
+                                  'blf': 0.9, 'blf_mode': 'mask', 'subset_control': 'random', 'bn_weight_decay': 0},
+}
+
+
 @pytest.mark.gpu
-def test_gpu_amp_epoch_with_clipping_has_no_host_sync(cifar):
-    h = {**train.hyp, 'precision': 'amp', 'clip_norm': 1.0, 'agc': 0.1, 'wd_mode': 'decoupled', 'ema': 0.99}
-    weights, inputs = train.PRECISIONS['amp']
-    data = train.data_gpu.DeviceCIFAR10(cifar, 'cuda', inputs, n_train=10240, n_test=1000)
-    model = train.make_model(1.0, 'cuda', weights)
-    scaler = train.make_scaler(h, 'cuda')
-    opt = train.make_optimizer(model, h, fused=True)
-    ema = train.EMA(model, h['ema'])
+@pytest.mark.parametrize('name', list(TRICK_SETS))
+def test_gpu_epoch_with_tricks_has_no_host_sync(cifar, name):
+    h = {**train.hyp, **TRICK_SETS[name]}
+    h['precision'] = train.resolve_precision(h['precision'], 'cuda')
+    weights, inputs = train.PRECISIONS[h['precision']]
+    data = train.data_gpu.DeviceCIFAR10(cifar, 'cuda', inputs, n_train=10240, n_test=1000, cutout_count=h['cutout_count'])
+    backend = train.blf_backend('triton', 'cuda') if h['blf'] else None
+    train.warm_up(h, data, 'cuda', weights, backend)
+    parts = train.run_parts(h, 'cuda', weights, 0, backend)
     settings = train.step_settings(h, data.n_train // h['batch_size'])
-    train.train_epoch(model, opt, data.train_batches(h['batch_size']), settings, h, ema=ema, scaler=scaler)
+    args = (parts['model'], parts['opt'], None, settings, h, parts['blf'], parts['ema'], parts['scaler'], parts['mixer'])
+    train.train_epoch(*args[:2], data.train_batches(h['batch_size']), *args[3:])
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode('error')
     try:
-        train.train_epoch(model, opt, data.train_batches(h['batch_size']), settings, h, ema=ema, scaler=scaler)
+        totals = train.train_epoch(*args[:2], data.train_batches(h['batch_size']), *args[3:])
     finally:
         torch.cuda.set_sync_debug_mode(0)
+    assert torch.isfinite(totals['loss']).item()
