@@ -243,9 +243,9 @@ def backward_and_step(model, opt, loss, hyp, scaler=None):
             scaler.unscale_(opt)
     if hyp['clip_norm']:
         torch.nn.utils.clip_grad_norm_(model.parameters(), hyp['clip_norm'], foreach=True)
-    if hyp['agc']:
+    if hyp['agc']:  # conv and linear weights (group 0); BatchNorm parameters are left alone, as in NFNets
         adaptive_clip_(opt.param_groups[0]['params'], hyp['agc'])
-    with torch.no_grad():
+    with torch.no_grad():  # SGDW's decay; under amp it also applies on a step the scaler skips (rare, harmless)
         for group in opt.param_groups:
             if group.get('decoupled_wd'):
                 torch._foreach_mul_(group['params'], 1 - group['lr'] * group['decoupled_wd'])
@@ -524,7 +524,7 @@ class BLF:
     random-subset control's own generator (so the data stream stays identical across configs)."""
 
     def __init__(self, hyp, backend, device, batch_size, seed):
-        from kernels.selection import min_samples
+        from kernels import min_samples
         self.backend, self.hyp, self.batch_size = backend, hyp, batch_size
         self.p = hyp['blf']  # train_epoch sets it each step from the schedule
         self.k_min = min_samples(hyp['blf_min_samples'], batch_size)

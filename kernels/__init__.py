@@ -10,6 +10,7 @@ Two implementations with the same functions, picked by `--blf-impl`:
 
 Neither returns anything to the host: counts and statistics stay in device tensors.
 """
+import math
 from typing import NamedTuple
 
 import torch
@@ -27,3 +28,8 @@ class Selection(NamedTuple):
     order: torch.Tensor
     counts: torch.Tensor
     stats: torch.Tensor
+
+
+def min_samples(q, batch):
+    """k_min = ceil(q * B), immune to float noise such as 0.3 * 10 = 3.0000000000000004."""
+    return math.ceil(round(q * batch, 9))

@@ -12,13 +12,11 @@ From B per-sample losses, with p = min_loss_perc and k_min = ceil(q * B):
 Writes weight (1/k_eff on kept rows, 0 elsewhere), order, counts = [k, k_eff] and stats =
 [kept-loss fraction, full-batch mean loss, kept-batch mean loss]. Nothing goes back to the host.
 """
-import math
-
 import torch
 import triton
 import triton.language as tl
 
-from kernels import Selection
+from kernels import Selection, min_samples  # noqa: F401  (min_samples: re-exported)
 
 MAX_BATCH = 16384
 
@@ -63,11 +61,6 @@ def _select_kernel(loss_ptr, weight_ptr, order_ptr, counts_ptr, stats_ptr, B, p,
 
 def select_num_warps(block):
     return 4 if block <= 1024 else 8 if block <= 4096 else 16
-
-
-def min_samples(q, batch):
-    """k_min = ceil(q * B), immune to float noise such as 0.3 * 10 = 3.0000000000000004."""
-    return math.ceil(round(q * batch, 9))
 
 
 def select_top_loss(losses, p, k_min=0, round_to=1, cap=None):

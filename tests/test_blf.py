@@ -245,3 +245,24 @@ def test_mask_step_with_blf_bottom_matches_autograd(cifar):
     losses[kept].mean().backward()
     for p, q in zip(model.parameters(), before.parameters()):
         torch.testing.assert_close(p.grad, q.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_torch_impl_needs_no_triton_and_the_triton_impl_says_what_is_missing():
+    import subprocess
+    import sys
+    from conftest import REPO
+    code = '''
+import sys
+sys.modules["triton"] = None  # as if triton were not installed
+import torch, train
+blf = train.BLF({**train.hyp, "blf": 0.9}, train.blf_backend("torch", "cpu"), "cpu", 64, 0)
+sel = blf.select(torch.rand(64), cap=64)
+assert 1 <= int(sel.counts[0]) <= 64
+try:
+    train.blf_backend("triton", "cpu")
+except train.UserError as e:
+    print("UserError:", e)
+'''
+    res = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stderr
+    assert 'UserError: --blf-impl triton needs triton' in res.stdout and 'use --blf-impl torch' in res.stdout
