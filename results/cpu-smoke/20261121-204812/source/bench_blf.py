@@ -1,0 +1,128 @@
+"""Benchmark: the cost of BatchLossFilter's own work per step, Triton kernels vs the torch reference.
+
+    python bench_blf.py                                  # B = 512, 1024, 2048 on the GPU
+    python bench_blf.py --batch-sizes 512 --reps 200
+
+Timed per batch size B, on fp16 logits [B, 10] as train.py produces them:
+  blf     = per-sample loss + selection + backward of the weighted loss into the logits
+            (exactly the extra work of a `mask`-mode step), Triton vs torch;
+  step    = one plain training step of train.py's ResNet-9 at batch B (forward, loss, backward,
+            optimizer), so that `overhead = blf / step` says what BLF's machinery costs.
+GPU timings: triton.testing.do_bench (L2 flushed before each call, warm-up excluded), median and
+20th/80th percentiles in ms; step time: CUDA events around each of --reps steps, median.
+`--device cpu` runs the same code under Triton's interpreter as a smoke test: its times say nothing
+about GPU speed. Writes bench.csv, bench.md and env.json into a new folder under --out.
+"""
+import csv
+import json
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+import train
+
+
+def time_ms(fn, device, reps):
+    """(median, p20, p80) in ms."""
+    if torch.device(device).type == 'cuda':
+        import triton.testing
+        return tuple(triton.testing.do_bench(fn, warmup=25, rep=max(reps, 10), quantiles=[0.5, 0.2, 0.8]))
+    fn()
+    times = []
+    for _ in range(reps):
+        start = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - start) * 1000)
+    q = statistics.quantiles(times, n=5) if len(times) > 1 else [times[0]] * 4
+    return statistics.median(times), q[0], q[3]
+
+
+def blf_work(backend, logits, labels, p=0.9, smoothing=0.0):
+    def run():
+        logits.grad = None  # a fresh gradient each call, as in training (no accumulation kernel)
+        losses, lse = backend.cross_entropy_forward(logits.detach(), labels, smoothing)
+        sel = backend.select_top_loss(losses, p)
+        backend.weighted_cross_entropy(logits, labels, sel.weight, smoothing, losses, lse).backward()
+    return run
+
+
+def step_ms(batch, device, dtype, reps):
+    """Median of --reps plain training steps at this batch size (after a few untimed ones)."""
+    h = {**train.hyp, 'batch_size': batch}
+    model = train.make_model(1.0, device, dtype)
+    opt = train.make_optimizer(model, h)
+    for g in opt.param_groups:
+        g['lr'] = 1e-4
+    x = torch.randn(batch, 3, 32, 32, device=device).to(dtype).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (batch,), device=device)
+    totals = {k: torch.zeros((), device=device) for k in ('loss', 'correct', 'count')}
+    clock = train.Stopwatch(device)
+    for _ in range(3):
+        train.train_step(model, opt, x, y, h, totals)
+    times = []
+    for _ in range(reps):
+        start = clock.mark()
+        train.train_step(model, opt, x, y, h, totals)
+        times.append(clock.seconds(start, clock.mark()) * 1000)
+    return statistics.median(times)
+
+
+def main(argv=None):
+    ap = train.OneLineParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--batch-sizes', type=train.positive_ints, default='512,1024,2048', help='comma-separated batch sizes')
+    ap.add_argument('--reps', type=int, default=100, help='repetitions per measurement')
+    ap.add_argument('--device', default='cuda', help='cuda or cpu (cpu: interpreter smoke test only)')
+    ap.add_argument('--out', default='runs', help='a new folder bench-<time> is made in here')
+    args = ap.parse_args(argv)
+    sizes = args.batch_sizes
+    if args.reps < 1:
+        sys.exit('error: --reps must be positive')
+    device = torch.device(args.device)
+    if device.type == 'cuda' and not torch.cuda.is_available():
+        sys.exit('error: no CUDA GPU found; add --device cpu for an interpreter smoke test')
+    dtype = torch.float16 if device.type == 'cuda' else torch.float32
+    if device.type == 'cuda':
+        torch.backends.cudnn.benchmark = True
+    backends = {'triton': train.blf_backend('triton', device), 'torch': train.blf_backend('torch', device)}
+
+    out = train.new_folder(args.out, prefix='bench-')
+    env = train.environment(device)
+    with open(os.path.join(out, 'env.json'), 'w') as fh:
+        json.dump({**env, 'command': ' '.join(['python', 'bench_blf.py'] + (argv or sys.argv[1:]))}, fh, indent=1)
+
+    rows = []
+    for b in sizes:
+        gen = torch.Generator(device=device).manual_seed(b)
+        logits = (torch.randn(b, 10, device=device, generator=gen) * 3).to(dtype).requires_grad_()
+        labels = torch.randint(0, 10, (b,), device=device, generator=gen)
+        row = {'batch': b}
+        for name, backend in backends.items():
+            row[f'{name}_ms'], row[f'{name}_p20'], row[f'{name}_p80'] = time_ms(blf_work(backend, logits, labels), device, args.reps)
+        row['speedup'] = row['torch_ms'] / row['triton_ms']
+        row['step_ms'] = step_ms(b, device, dtype, args.reps)
+        row['overhead_pct'] = 100 * row['triton_ms'] / row['step_ms']
+        rows.append(row)
+
+    header = f'{"batch":>6}  {"triton ms [p20, p80]":>26}  {"torch ms [p20, p80]":>26}  {"speedup":>7}  {"step ms":>8}  {"overhead":>8}'
+    lines = [f'# {env["device"]} | torch {env["torch"]} | triton {env["triton"]} | {dtype}', header]
+    for r in rows:
+        lines.append(f'{r["batch"]:6d}  {r["triton_ms"]:8.4f} [{r["triton_p20"]:7.4f}, {r["triton_p80"]:7.4f}]  '
+                     f'{r["torch_ms"]:8.4f} [{r["torch_p20"]:7.4f}, {r["torch_p80"]:7.4f}]  {r["speedup"]:6.2f}x  '
+                     f'{r["step_ms"]:8.3f}  {r["overhead_pct"]:7.2f}%')
+    if device.type == 'cpu':
+        lines.append('# CPU: Triton ran in its interpreter; these times are a smoke test, not a measurement')
+    print('\n'.join(lines))
+    with open(os.path.join(out, 'bench.csv'), 'w', newline='') as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    with open(os.path.join(out, 'bench.md'), 'w') as fh:
+        fh.write('```\n' + '\n'.join(lines) + '\n```\n')
+    print(f'wrote {out}')
+
+
+if __name__ == '__main__':
+    main()
