@@ -55,7 +55,7 @@ def main(argv=None):
         if row is None:
             sys.exit(f'error: no runs.jsonl under {g}')
         rows.append(row)
-    print(f'| group | runs | accuracy mean ± std [min, max] | p(mean > 94%) | time median [min, max] s | kept fraction by epoch |')
+    print('| group | runs | accuracy mean ± std [min, max] | p(mean > 94%) | time median [min, max] s | kept fraction by epoch |')
     print('|---|---|---|---|---|---|')
     for r in rows:
         a, t = r['acc'], r['time']

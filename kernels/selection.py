@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from kernels import Selection, min_samples  # noqa: F401  (min_samples: re-exported)
+from kernels import Selection
 
 MAX_BATCH = 16384
 

@@ -1,6 +1,5 @@
 """data_gpu: reading CIFAR-10 from disk (folder, archive, download, cache) and the augmentation."""
 import hashlib
-import io
 import os
 import pickle
 import tarfile
@@ -171,7 +170,7 @@ def test_flip_twice_is_identity_and_flips_only_masked_images():
 
 
 def test_crop_takes_the_window_at_each_offset():
-    n, pad = 5, 4
+    n = 5
     rows = torch.arange(40).view(1, 1, 40, 1).expand(n, 3, 40, 40)
     cols = torch.arange(40).view(1, 1, 1, 40).expand(n, 3, 40, 40)
     padded = (100 * rows + cols).float()  # each pixel encodes its own position

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 import kernels.cross_entropy as ce
 import kernels.selection as selection
-from kernels import reference, triton_impl
+from kernels import min_samples, reference, triton_impl
 
 INTERPRET = os.environ.get('TRITON_INTERPRET') == '1'
 DEVICE = 'cuda' if torch.cuda.is_available() and not INTERPRET else 'cpu'
@@ -180,7 +180,7 @@ def test_selection_matches_reference_exactly(batch, p, q):
     # order, so kernel and reference must agree bit for bit (many ties included).
     g = gen(batch + int(p * 100) + int(q * 10))
     losses = torch.randint(0, 512, (batch,), generator=g).float() / 64
-    k_min = selection.min_samples(q, batch)
+    k_min = min_samples(q, batch)
     for round_to in (1, 8):
         got, want = run_both(losses, p, k_min, round_to)
         assert_same_selection(got, want)
@@ -190,7 +190,7 @@ def test_selection_matches_reference_exactly(batch, p, q):
 
 def test_selection_of_4096_in_one_launch_matches_reference():
     losses = torch.randint(0, 512, (4096,), generator=gen(4096)).float() / 64
-    got, want = run_both(losses, 0.9, selection.min_samples(0.25, 4096), round_to=8)
+    got, want = run_both(losses, 0.9, min_samples(0.25, 4096), round_to=8)
     assert_same_selection(got, want)
 
 
@@ -257,7 +257,7 @@ def test_all_zero_losses_keep_one_sample_or_the_minimum():
     got, want = run_both(torch.zeros(64), 0.9)
     assert_same_selection(got, want)
     assert int(got.counts[0]) == 1 and got.stats[0].item() == 1.0
-    got, want = run_both(torch.zeros(64), 0.9, k_min=selection.min_samples(0.25, 64))
+    got, want = run_both(torch.zeros(64), 0.9, k_min=min_samples(0.25, 64))
     assert_same_selection(got, want)
     assert int(got.counts[0]) == 16 and kept_rows(got) == list(range(16))
 
@@ -295,9 +295,9 @@ def test_rounding_up_and_the_cap():
 
 
 def test_min_samples_is_an_exact_ceiling():
-    assert selection.min_samples(0.3, 10) == 3  # 0.3 * 10 = 3.0000000000000004 in floats
-    assert selection.min_samples(0.25, 333) == 84
-    assert selection.min_samples(0.0, 512) == 0 and selection.min_samples(1.0, 512) == 512
+    assert min_samples(0.3, 10) == 3  # 0.3 * 10 = 3.0000000000000004 in floats
+    assert min_samples(0.25, 333) == 84
+    assert min_samples(0.0, 512) == 0 and min_samples(1.0, 512) == 512
 
 
 # ---- on the GPU, natively ------------------------------------------------------------------------
