@@ -11,6 +11,7 @@ warm-up (cudnn autotuning on throw-away data) and the per-epoch test evaluations
 Every invocation writes a new record folder under --out-dir (default runs/).
 """
 import argparse
+import contextlib
 import copy
 import glob
 import json
@@ -336,8 +337,10 @@ def make_scaler(hyp, device):
 
 
 def autocast(hyp, device):
-    """fp16 autocast for --precision amp; a no-op context otherwise."""
-    return torch.autocast(torch.device(device).type, dtype=torch.float16, enabled=hyp['precision'] == 'amp')
+    """fp16 autocast for --precision amp; otherwise an empty context (cheaper per step than a disabled autocast)."""
+    if hyp['precision'] != 'amp':
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.float16)
 
 
 class Mixer:
