@@ -353,9 +353,10 @@ def main(argv=None):
     for bad, message in problems:
         if bad:
             sys.exit(f'error: {message}')
-    device = torch.device(args.device)
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        sys.exit('error: no CUDA GPU found; add --device cpu for a (slow) smoke test')
+    try:
+        device = train.use_device(args.device)  # cuda:N becomes the current device
+    except train.UserError as e:
+        sys.exit(f'error: {e}')
     dtype = torch.float16 if device.type == 'cuda' else torch.float32
     torch.backends.cudnn.benchmark = device.type == 'cuda'
     try:

@@ -80,9 +80,10 @@ def main(argv=None):
     sizes = args.batch_sizes
     if args.reps < 1:
         sys.exit('error: --reps must be positive')
-    device = torch.device(args.device)
-    if device.type == 'cuda' and not torch.cuda.is_available():
-        sys.exit('error: no CUDA GPU found; add --device cpu for an interpreter smoke test')
+    try:
+        device = train.use_device(args.device)  # cuda:N becomes the current device
+    except train.UserError as e:
+        sys.exit(f'error: {e}')
     dtype = torch.float16 if device.type == 'cuda' else torch.float32
     if device.type == 'cuda':
         torch.backends.cudnn.benchmark = True

@@ -42,12 +42,13 @@ hyp = {
     'epochs': 24,              # passes over the training set (Myrtle's ResNet-9 recipe: 24)
     'batch_size': 512,         # images per optimizer step
     'lr': 0.4,                 # peak learning rate for the batch-mean loss (= Myrtle's 0.4/512 per image on the summed loss)
+    'loss_scale': 0.0,         # backward runs on loss * this, the optimizer gets lr / it and wd * it (0 = auto: the batch size)
     'lr_peak': 5 / 24,         # fraction of training where the lr peaks: 0 -> lr linearly, then linearly -> 0 at the end
     'lr_schedule': None,       # knots 'epoch:lr,...' (piecewise linear), overriding lr and lr_peak
     'momentum_schedule': None, # knots 'epoch:momentum,...'; None = constant momentum
     'wd_schedule': None,       # knots 'epoch:weight_decay,...'; None = constant weight_decay
     'momentum': 0.9,           # Nesterov momentum (Adam: beta1)
-    'weight_decay': 5e-4,      # on all parameters, per mean loss (= Myrtle's 5e-4*batch on the summed loss)
+    'weight_decay': 5e-4,      # on all parameters, for the batch-mean loss (= Myrtle's 5e-4*512 on the summed loss)
     'wd_mode': 'l2',           # l2: added to the gradient (Myrtle); decoupled: w -= lr*wd*w apart from it (SGDW/AdamW)
     'optimizer': 'sgd',        # sgd (Nesterov) or adam
     'bn_weight_decay': 1,      # 0: no weight decay on BatchNorm parameters (and biases)
@@ -85,13 +86,16 @@ hyp = {
 HELP = {
     'epochs': 'passes over the training set',
     'batch_size': 'images per optimizer step',
-    'lr': 'peak learning rate for the batch-mean loss',
+    'lr': 'peak learning rate for the batch-mean loss (whatever --loss-scale is: the optimizer gets lr / scale)',
+    'loss_scale': 'back-propagate the batch-mean loss times this and hand the optimizer lr / scale and weight decay '
+                  'x scale: the same SGD trajectory, but fp16 gradients stay in range; 0 = auto: the batch size '
+                  '(Myrtle\'s summed loss) for SGD, 1 under --precision amp (its own scaler) or Adam',
     'lr_peak': 'fraction of training at which the linear warm-up ends and the linear decay to 0 starts',
     'lr_schedule': 'piecewise-linear lr over epochs, e.g. 0:0,5:0.4,24:0 (overrides --lr and --lr-peak)',
     'momentum_schedule': 'piecewise-linear momentum over epochs, e.g. 0:0.85,5:0.95,24:0.9',
     'wd_schedule': 'piecewise-linear weight decay over epochs, e.g. 0:5e-4,20:0',
     'momentum': 'Nesterov momentum (beta1 for Adam)',
-    'weight_decay': 'weight decay (applied to all parameters, scaled for the mean loss)',
+    'weight_decay': 'weight decay for the batch-mean loss (the optimizer gets wd x --loss-scale)',
     'wd_mode': 'l2 (added to the gradient) or decoupled (w -= lr * wd * w: SGDW, AdamW)',
     'optimizer': 'sgd (Nesterov momentum) or adam (needs fp32 weights: --precision amp or fp32)',
     'bn_weight_decay': '1: weight decay on BatchNorm parameters and biases too; 0: not on them',
@@ -194,25 +198,45 @@ def param_groups(model, hyp):
             {'params': norms, 'lr_scale': hyp['bn_lr_scale'], 'wd_scale': float(hyp['bn_weight_decay'])}]
 
 
+def loss_scale(hyp):
+    """The constant the batch-mean loss is multiplied by before backward (see backward_and_step).
+
+    fp16 weights without a loss scaler (--precision fp16) need it: at batch 512 the gradient of a
+    batch-mean loss puts most activation gradients below fp16's normal range (6e-5), and a large
+    share rounds to zero. Myrtle and airbench back-propagate the summed loss (scale = batch size)
+    with lr / batch and wd x batch; SGD then follows the same trajectory, which apply_setting
+    reproduces by dividing lr and multiplying weight decay by the scale. Adam is invariant to the
+    scale and amp has its own dynamic scaler, so both get 1 by default."""
+    if hyp['loss_scale']:
+        return float(hyp['loss_scale'])
+    return 1.0 if hyp['optimizer'] == 'adam' or hyp['precision'] == 'amp' else float(hyp['batch_size'])
+
+
 def make_optimizer(model, hyp, fused=False):
     """SGD with Nesterov momentum, or Adam; weight decay in the groups (l2) or applied apart
-    (decoupled: AdamW, or SGDW by backward_and_step). fused=True for loss scaling without syncs."""
+    (decoupled: AdamW, or SGDW by backward_and_step). fused=True for loss scaling without syncs.
+    lr, momentum and weight decay are set before every step by apply_setting."""
     momenta = [m for _, m in schedules(hyp)['momentum']]
     decoupled = hyp['wd_mode'] == 'decoupled'
     kwargs = {'fused': True} if fused else {}
     if hyp['optimizer'] == 'adam':
         cls = torch.optim.AdamW if decoupled else torch.optim.Adam
         return cls(param_groups(model, hyp), lr=0.0, betas=(momenta[0], 0.999), weight_decay=hyp['weight_decay'], **kwargs)
-    return torch.optim.SGD(param_groups(model, hyp), lr=0.0, momentum=momenta[0], nesterov=max(momenta) > 0,
+    # torch refuses nesterov=True with momentum 0 at construction, not at a step: a momentum
+    # schedule that starts at 0 is built with its largest value and set per step
+    return torch.optim.SGD(param_groups(model, hyp), lr=0.0, momentum=max(momenta), nesterov=max(momenta) > 0,
                            weight_decay=0.0 if decoupled else hyp['weight_decay'], **kwargs)
 
 
 def apply_setting(opt, setting, hyp):
-    """Hand one step's scheduled values (host floats) to every parameter group."""
+    """Hand one step's scheduled values (host floats) to every parameter group. The gradients are
+    loss_scale times those of the batch-mean loss, so SGD gets lr / scale and weight decay x scale
+    (the product lr x wd of decoupled decay is unchanged)."""
     sgdw = hyp['wd_mode'] == 'decoupled' and hyp['optimizer'] == 'sgd'
+    scale = loss_scale(hyp) if hyp['optimizer'] == 'sgd' else 1.0
     for group in opt.param_groups:
-        group['lr'] = setting['lr'] * group['lr_scale']
-        wd = setting['weight_decay'] * group['wd_scale']
+        group['lr'] = setting['lr'] * group['lr_scale'] / scale
+        wd = setting['weight_decay'] * group['wd_scale'] * scale
         group['decoupled_wd'], group['weight_decay'] = (wd, 0.0) if sgdw else (0.0, wd)
         if 'betas' in group:
             group['betas'] = (setting['momentum'], group['betas'][1])
@@ -220,32 +244,37 @@ def apply_setting(opt, setting, hyp):
             group['momentum'] = setting['momentum']
 
 
-def adaptive_clip_(params, ratio, eps=1e-3):
+def adaptive_clip_(params, ratio, eps=1e-3, grad_scale=1.0):
     """AGC (Brock et al. 2021, as the lecture states it): G <- G * min(1, ratio * max(||W||, eps) / ||G||),
-    per tensor, all on the device."""
+    per tensor, all on the device, in a fixed number of launches whatever the number of tensors
+    (two foreach norms, a few ops on the stacked norms, one foreach multiply). The gradients are
+    grad_scale times the true ones (loss_scale), so the bound is scaled with them."""
     params = [p for p in params if p.grad is not None]
     grads = [p.grad for p in params]
-    w_norms = torch._foreach_norm([p.detach() for p in params])
-    g_norms = torch._foreach_norm(grads)
-    for g, wn, gn in zip(grads, w_norms, g_norms):
-        g.mul_(torch.clamp(ratio * wn.clamp_min(eps) / gn.clamp_min(1e-12), max=1.0).to(g.dtype))
+    w_norms = torch.stack(torch._foreach_norm([p.detach() for p in params])).float()
+    g_norms = torch.stack(torch._foreach_norm(grads)).float()
+    factors = (w_norms.clamp_min(eps) * (ratio * grad_scale) / g_norms.clamp_min(1e-12)).clamp_max(1.0)
+    torch._foreach_mul_(grads, [f.to(g.dtype) for f, g in zip(factors.unbind(), grads)])
 
 
 def backward_and_step(model, opt, loss, hyp, scaler=None):
-    """Backward, then the optional clipping and decoupled decay, then the optimizer step. With a
-    GradScaler (--precision amp) the loss is scaled, gradients unscaled in place with an on-device
-    inf check, and the fused optimizer skips the step on overflow: no host sync anywhere."""
+    """Backward of loss x loss_scale, then the optional clipping and decoupled decay, then the
+    optimizer step. With a GradScaler (--precision amp) the loss is scaled further, gradients
+    unscaled in place with an on-device inf check, and the fused optimizer skips the step on
+    overflow: no host sync anywhere."""
+    scale = loss_scale(hyp)
     opt.zero_grad(set_to_none=True)
+    scaled = loss * scale if scale != 1 else loss
     if scaler is None:
-        loss.backward()
+        scaled.backward()
     else:
-        scaler.scale(loss).backward()
+        scaler.scale(scaled).backward()
         if hyp['clip_norm'] or hyp['agc']:
             scaler.unscale_(opt)
     if hyp['clip_norm']:
-        torch.nn.utils.clip_grad_norm_(model.parameters(), hyp['clip_norm'], foreach=True)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), hyp['clip_norm'] * scale, foreach=True)
     if hyp['agc']:  # conv and linear weights (group 0); BatchNorm parameters are left alone, as in NFNets
-        adaptive_clip_(opt.param_groups[0]['params'], hyp['agc'])
+        adaptive_clip_(opt.param_groups[0]['params'], hyp['agc'], grad_scale=scale)
     with torch.no_grad():  # SGDW's decay; under amp it also applies on a step the scaler skips (rare, harmless)
         for group in opt.param_groups:
             if group.get('decoupled_wd'):
@@ -398,7 +427,7 @@ def train_epoch(model, opt, batches, settings, hyp, blf=None, ema=None, scaler=N
     totals = {k: torch.zeros((), device=device) for k in ('loss', 'correct', 'count')}
     if blf is not None:
         totals.update({k: torch.zeros((), device=device) for k in BLF_TOTALS})
-        totals.update(steps=0, rows_trained=0)
+        totals.update(steps=0, rows_trained=0, count_lag=0, count_lag_max=0)
     for (x, y), setting in zip(batches, settings):
         apply_setting(opt, setting, hyp)
         x, mix = mixer(x, y) if mixer is not None else (x, None)
@@ -469,7 +498,7 @@ class EMA:
 # ----------------------------------------------------------------------------------------------
 # BatchLossFilter: keep the samples that make up a share of the batch loss (kernels/ does the work)
 
-BLF_MAX_BATCH = 16384  # = kernels/selection.py's MAX_BATCH: one Triton program sorts the whole batch
+BLF_MAX_BATCH = 4096  # = kernels/selection.py's MAX_BATCH: one Triton program sorts the whole batch
 BLF_TOTALS = ('kept', 'kept_loss_frac', 'kept_loss', 'truncated')
 
 
@@ -494,30 +523,40 @@ class LaggedCount:
 
     Each step copies its count (a device scalar) into a slot of a pinned host buffer, asynchronously,
     and records an event; latest() takes the newest slot whose event has completed (event.query()
-    does not block). On the CPU each copy is done at once, so the lag is exactly one step."""
+    does not block). `lag` says how many steps old the value is (1 = the previous step); the run
+    record keeps its mean and maximum per epoch. The ring holds 16 slots, more steps than the host
+    runs ahead of the GPU (its launch queue fills first), so the newest completed count is never
+    overwritten before it is read. On the CPU each copy is done at once: the lag is one step."""
 
-    def __init__(self, device, initial, slots=4):
+    def __init__(self, device, initial, slots=16):
         self.cuda = torch.device(device).type == 'cuda'
         self.host = torch.zeros(slots, dtype=torch.int32, pin_memory=self.cuda)
         self.events = [None] * slots
         self.pushed = 0
-        self.value = initial
+        self.value, self.value_step = initial, None  # value_step: the push that wrote it (None: initial)
 
     def push(self, count):
         slot = self.pushed % len(self.events)
-        self.host[slot].copy_(count, non_blocking=self.cuda)
+        self.host[slot].copy_(count, non_blocking=True)  # into pinned memory: asynchronous on a GPU
         event = torch.cuda.Event() if self.cuda else None
         if event is not None:
             event.record()
         self.events[slot] = event or 'done'
         self.pushed += 1
 
+    @property
+    def lag(self):
+        return 0 if self.value_step is None else self.pushed - self.value_step
+
     def latest(self):
         n = len(self.events)
         for back in range(1, min(n, self.pushed) + 1):
             slot = (self.pushed - back) % n
+            step = self.pushed - back
+            if self.value_step is not None and step <= self.value_step:
+                break  # nothing newer than what we hold has completed
             if self.events[slot] == 'done' or self.events[slot].query():
-                self.value = int(self.host[slot])
+                self.value, self.value_step = int(self.host[slot]), step
                 break
         return self.value
 
@@ -546,10 +585,11 @@ class BLF:
         wanted = max(self.count.latest(), self.n_bottom + 1)
         return min(self.batch_size, -(-wanted // bucket) * bucket)
 
-    def select(self, losses, cap):
-        """The step's Selection, at most `cap` rows kept (bottom rows included)."""
+    def select(self, losses, cap, fill=False):
+        """The step's Selection, at most `cap` rows kept (bottom rows included); fill=True keeps
+        exactly `cap` (the compact pass: its rows are all real kept rows, see blf_train_step)."""
         h = self.hyp
-        sel = self.backend.select_top_loss(losses, self.p, self.k_min, h['blf_round_to'], cap - self.n_bottom)
+        sel = self.backend.select_top_loss(losses, self.p, self.k_min, h['blf_round_to'], cap - self.n_bottom, fill)
         if self.n_bottom:
             sel = with_bottom(sel, losses, self.n_bottom)
         return sel if self.gen is None else random_subset(sel, losses, self.gen)
@@ -563,20 +603,31 @@ class BLF:
         return torch.cat([sel.order[:size - self.n_bottom], sel.order[n - self.n_bottom:]])
 
 
+def kept_loss_stats(losses, kept):
+    """[kept-loss fraction of the finite non-negative losses, full mean, kept mean], summed in fp64
+    so that finite losses whose sum overflows fp32 still give a fraction (NaN/Inf show in the means)."""
+    raw = losses.double()
+    clean = torch.where(torch.isfinite(raw), raw.clamp_min(0), 0.0)
+    total = clean.sum()
+    fraction = torch.where(total > 0, (clean * kept).sum() / total.clamp_min(1e-300), 1.0)
+    return torch.stack([fraction, raw.mean(), (torch.where(kept, raw, 0.0)).sum() / kept.sum().clamp_min(1)]).float()
+
+
 def with_bottom(sel, losses, n_bottom):
     """Forum post #9's variant: besides the top rows, keep the n_bottom lowest-loss rows; every kept
-    row weighs 1/count. counts become [k + n_bottom, rows kept]."""
+    row weighs 1/count. counts become [the rule's top k plus the bottom rows, at most B; rows kept]:
+    when the two sets overlap, they are counted once, so a step that keeps everything is not
+    reported as truncated."""
     from kernels import Selection
     n = losses.numel()
     rank = torch.arange(n, device=losses.device)
     top = sel.counts[1].clamp(max=n - n_bottom)
-    kept = (rank < top) | (rank >= n - n_bottom)
+    kept_sorted = (rank < top) | (rank >= n - n_bottom)
     count = top + n_bottom
-    weight = torch.zeros(n, device=losses.device).scatter(0, sel.order, kept / count)
-    clean = torch.where(torch.isfinite(losses), losses, 0.0)
-    kept_sum = torch.dot(weight, losses) * count
-    stats = torch.stack([torch.dot(weight, clean) * count / clean.sum().clamp_min(1e-30), losses.mean(), kept_sum / count])
-    return Selection(weight, sel.order, torch.stack([sel.counts[0] + n_bottom, count]).int(), stats)
+    weight = torch.zeros(n, device=losses.device).scatter(0, sel.order, kept_sorted / count)
+    kept = torch.zeros(n, dtype=torch.bool, device=losses.device).scatter(0, sel.order, kept_sorted)
+    counts = torch.stack([(sel.counts[0] + n_bottom).clamp(max=n), count]).int()
+    return Selection(weight, sel.order, counts, kept_loss_stats(losses, kept))
 
 
 def random_subset(sel, losses, gen):
@@ -585,11 +636,10 @@ def random_subset(sel, losses, gen):
     n = losses.numel()
     order = torch.randperm(n, device=losses.device, generator=gen)
     k_eff = sel.counts[1]
-    kept = torch.arange(n, device=losses.device) < k_eff
-    weight = torch.zeros(n, device=losses.device).scatter(0, order, kept / k_eff)
-    kept_sum = torch.dot(weight, losses) * k_eff
-    stats = torch.stack([kept_sum / losses.sum(), losses.mean(), kept_sum / k_eff])
-    return Selection(weight, order, sel.counts, stats)
+    kept_sorted = torch.arange(n, device=losses.device) < k_eff
+    weight = torch.zeros(n, device=losses.device).scatter(0, order, kept_sorted / k_eff)
+    kept = torch.zeros(n, dtype=torch.bool, device=losses.device).scatter(0, order, kept_sorted)
+    return Selection(weight, order, sel.counts, kept_loss_stats(losses, kept))
 
 
 class running_stats_frozen:
@@ -645,7 +695,11 @@ def blf_train_step(model, opt, x, y, hyp, totals, blf, scaler=None, mix=None):
             logits = model(x)
         losses, _ = blf_losses(be, logits, y, mix, s)
         rows_trained = blf.kept_size()  # a host int from an earlier step: no sync
-        sel = blf.select(losses, cap=rows_trained)
+        totals['count_lag'] += blf.count.lag
+        totals['count_lag_max'] = max(totals['count_lag_max'], blf.count.lag)
+        # the pass trains exactly rows_trained rows, the top ones by loss, each weighing
+        # 1/rows_trained: every row in it is a kept row, so no padding enters BatchNorm's statistics
+        sel = blf.select(losses, cap=rows_trained, fill=True)
         blf.count.push(sel.counts[0])
         rows = blf.rows(sel, rows_trained)
         with running_stats_frozen(model), autocast(hyp, x.device):
@@ -725,6 +779,8 @@ def epoch_row(seed, epoch, lr, totals, test, seconds, total):
         row.update(kept=totals['kept'].item() / count, kept_loss_frac=totals['kept_loss_frac'].item() / steps,
                    full_loss=row['train_loss'], kept_loss=totals['kept_loss'].item() / steps,
                    truncated_steps=int(totals['truncated'].item()), rows_trained=totals['rows_trained'] / count)
+        if totals['count_lag_max']:  # compact mode: how many steps old the count that sized each pass was
+            row.update(count_lag=totals['count_lag'] / steps, count_lag_max=totals['count_lag_max'])
     return row
 
 
@@ -917,6 +973,9 @@ def check_args(args):
         (args.epochs >= 1, f'--epochs must be at least 1, got {args.epochs}'),
         (args.batch_size >= 1, f'--batch-size must be at least 1, got {args.batch_size}'),
         (args.lr > 0, f'--lr must be positive, got {args.lr}'),
+        (args.loss_scale >= 0, f'--loss-scale must be >= 0 (0 = auto), got {args.loss_scale}'),
+        (args.optimizer != 'adam' or args.loss_scale in (0, 1),
+         '--loss-scale is for SGD: Adam is invariant to a gradient scale (and needs fp32 weights, where amp scales)'),
         (0 < args.lr_peak < 1, f'--lr-peak must be in (0, 1), got {args.lr_peak}'),
         (0 <= args.momentum < 1, f'--momentum must be in [0, 1), got {args.momentum}'),
         (args.weight_decay >= 0, f'--weight-decay must be >= 0, got {args.weight_decay}'),
@@ -965,15 +1024,31 @@ def check_args(args):
     n_train = args.n_train or 50000
     if args.batch_size > n_train:
         raise UserError(f'--batch-size {args.batch_size} is larger than the training set ({n_train} images)')
-    kind, _, index = args.device.partition(':')
+    check_device(args.device, ' (slow: try --n-train 4000 --n-test 1000 --epochs 4 --width 0.25 --batch-size 256)')
+
+
+def check_device(text, cpu_hint=''):
+    """torch.device for 'cuda', 'cuda:N' or 'cpu', or a UserError saying what is wrong."""
+    kind, _, index = text.partition(':')
     if kind not in ('cuda', 'cpu') or (index and (kind == 'cpu' or not index.isdigit())):
-        raise UserError(f'--device must be cuda, cuda:N or cpu, got {args.device!r}')
+        raise UserError(f'--device must be cuda, cuda:N or cpu, got {text!r}')
     if kind == 'cuda':
         if not torch.cuda.is_available():
-            raise UserError('no CUDA GPU found; to run on the CPU add --device cpu '
-                            '(slow: try --n-train 4000 --n-test 1000 --epochs 4 --width 0.25 --batch-size 256)')
+            raise UserError('no CUDA GPU found; to run on the CPU add --device cpu' + cpu_hint)
         if index and int(index) >= torch.cuda.device_count():
-            raise UserError(f'--device {args.device}: this machine has {torch.cuda.device_count()} GPU(s)')
+            raise UserError(f'--device {text}: this machine has {torch.cuda.device_count()} GPU(s)')
+    return torch.device(text)
+
+
+def use_device(text, cpu_hint=''):
+    """Check --device and make a GPU the current one: Triton launches, CUDA events, the pinned
+    count buffer's copies and streams all follow the current device, not the tensors' own, so
+    cuda:1 would otherwise time and launch on cuda:0."""
+    device = check_device(text, cpu_hint)
+    if device.type == 'cuda':
+        torch.cuda.set_device(device.index if device.index is not None else torch.cuda.current_device())
+        device = torch.device('cuda', torch.cuda.current_device())
+    return device
 
 
 def main(argv=None):
@@ -990,8 +1065,9 @@ def main(argv=None):
 
 def run(args, argv):
     h = {key: getattr(args, key) for key in hyp}
-    device = torch.device(args.device)
+    device = use_device(args.device)
     h['precision'] = resolve_precision(h['precision'], device)
+    h['loss_scale'] = loss_scale(h)  # the record shows the value used, not 0
     dtype, data_dtype = PRECISIONS[h['precision']]
     if device.type == 'cuda':
         torch.backends.cudnn.benchmark = True

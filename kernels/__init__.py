@@ -11,6 +11,7 @@ Two implementations with the same functions, picked by `--blf-impl`:
 Neither returns anything to the host: counts and statistics stay in device tensors.
 """
 import math
+import struct
 from typing import NamedTuple
 
 import torch
@@ -33,3 +34,14 @@ class Selection(NamedTuple):
 def min_samples(q, batch):
     """k_min = ceil(q * B), immune to float noise such as 0.3 * 10 = 3.0000000000000004."""
     return math.ceil(round(q * batch, 9))
+
+
+def split_p(p):
+    """p as three fp32 numbers whose sum is exactly p's fp64 value: the compiled selection kernel
+    takes float arguments in fp32, and fp32 alone would move the threshold by up to 2^-24 (0.3
+    becomes 0.30000001). Both implementations rebuild p in fp64 from these parts, in this order."""
+    def fp32(x):
+        return struct.unpack('f', struct.pack('f', x))[0]
+    hi = fp32(p)
+    mid = fp32(p - hi)
+    return hi, mid, fp32(p - hi - mid)

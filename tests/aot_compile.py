@@ -2,9 +2,14 @@
 
 Run as a script without TRITON_INTERPRET (tests/test_compile.py does that): the interpreter accepts
 things the compiler refuses (non-constexpr globals, some type promotions), so this is how a machine
-without a GPU checks that the kernels will build on one. Prints one line per variant.
+without a GPU checks that the kernels will build on one. Prints one line per variant with the
+registers per thread and the bytes spilled to local memory (ptxas, bundled with Triton, run on the
+kernel's PTX), and exits non-zero if any variant spills: a spilling tile is a slow tile.
 """
+import re
+import subprocess
 import sys
+import tempfile
 
 import triton
 from triton.backends.compiler import GPUTarget
@@ -16,18 +21,48 @@ from kernels.selection import _select_kernel, select_num_warps
 TARGET = GPUTarget('cuda', 90, 32)
 
 
+SPILLS = []
+
+
+def ptxas():
+    """Path of the ptxas that Triton bundles (its lookup function changed between versions)."""
+    from triton.backends.nvidia import compiler
+    try:
+        tool = compiler.get_ptxas(TARGET.arch)
+    except TypeError:
+        tool = compiler.get_ptxas()
+    return getattr(tool, 'path', tool)
+
+
+def registers_and_spills(ptx):
+    """(registers per thread, spill-store bytes, spill-load bytes) as ptxas -v reports them for sm_90a."""
+    with tempfile.TemporaryDirectory() as tmp:
+        with open(f'{tmp}/k.ptx', 'w') as fh:
+            fh.write(ptx)
+        res = subprocess.run([ptxas(), '-v', '--gpu-name=sm_90a', f'{tmp}/k.ptx', '-o', f'{tmp}/k.o'],
+                             capture_output=True, text=True, check=True)
+    log = res.stdout + res.stderr
+    regs = int(re.search(r'Used (\d+) registers', log).group(1))
+    stores, loads = (int(v) for v in re.search(r'(\d+) bytes spill stores, (\d+) bytes spill loads', log).groups())
+    return regs, stores, loads
+
+
 def build(fn, signature, constexprs, num_warps=4):
     sig = {**signature, **{name: 'constexpr' for name in constexprs}}
     kernel = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constexprs), target=TARGET,
                             options={'num_warps': num_warps})
     assert 'ptx' in kernel.asm and kernel.asm['ptx']
-    print(f'ok {fn.__name__} {constexprs} warps={num_warps}', flush=True)
+    regs, stores, loads = registers_and_spills(kernel.asm['ptx'])
+    if stores or loads:
+        SPILLS.append(f'{fn.__name__} {constexprs} warps={num_warps}')
+    print(f'ok {fn.__name__} {constexprs} warps={num_warps} registers={regs} spill_stores={stores} '
+          f'spill_loads={loads}', flush=True)
 
 
 def main():
+    tiles = sorted({_blocks(rows, classes) for rows, classes in ((512, 10), (5, 10), (4096, 100), (37, 1000))})
     for dtype in ('fp16', 'bf16', 'fp32'):
-        for rows, classes in ((512, 10), (64, 10), (4096, 100), (37, 1000)):
-            block_b, block_c = _blocks(rows, classes)
+        for block_b, block_c in tiles:
             for smoothing in (False, True):
                 build(_ce_forward_kernel,
                       {'logits_ptr': f'*{dtype}', 'labels_ptr': '*i64', 'loss_ptr': '*fp32', 'lse_ptr': '*fp32',
@@ -41,9 +76,12 @@ def main():
     for block in [int(b) for b in sys.argv[1:]] or [2, 512, 4096]:
         build(_select_kernel,
               {'loss_ptr': '*fp32', 'weight_ptr': '*fp32', 'order_ptr': '*i64', 'counts_ptr': '*i32',
-               'stats_ptr': '*fp32', 'B': 'i32', 'p': 'fp32', 'k_min': 'i32', 'round_to': 'i32', 'cap': 'i32'},
-              {'BLOCK': block}, num_warps=select_num_warps(block))
+               'stats_ptr': '*fp32', 'B': 'i32', 'p_hi': 'fp32', 'p_mid': 'fp32', 'p_lo': 'fp32', 'k_min': 'i32', 'round_to': 'i32',
+               'cap': 'i32', 'fill': 'i32'},
+              {'BLOCK': block, 'LOG2_BLOCK': block.bit_length() - 1}, num_warps=select_num_warps(block))
 
 
 if __name__ == '__main__':
     main()
+    if SPILLS:
+        sys.exit('variants that spill registers: ' + '; '.join(SPILLS))

@@ -12,7 +12,9 @@ import torch.nn.functional as F
 
 import kernels.cross_entropy as ce
 import kernels.selection as selection
-from kernels import min_samples, reference, triton_impl
+from fractions import Fraction
+
+from kernels import min_samples, reference, split_p, triton_impl
 
 INTERPRET = os.environ.get('TRITON_INTERPRET') == '1'
 DEVICE = 'cuda' if torch.cuda.is_available() and not INTERPRET else 'cpu'
@@ -157,9 +159,9 @@ def test_bad_shapes_are_refused():
 
 # ---- selection ----------------------------------------------------------------------------------
 
-def run_both(losses, p, k_min=0, round_to=1, cap=None):
-    got = selection.select_top_loss(losses.to(DEVICE), p, k_min, round_to, cap)
-    want = reference.select_top_loss(losses, p, k_min, round_to, cap)
+def run_both(losses, p, k_min=0, round_to=1, cap=None, fill=False):
+    got = selection.select_top_loss(losses.to(DEVICE), p, k_min, round_to, cap, fill)
+    want = reference.select_top_loss(losses, p, k_min, round_to, cap, fill)
     return got, want
 
 
@@ -171,7 +173,7 @@ def assert_same_selection(got, want):
 
 
 # The interpreter runs tl.sort as a bitonic network op by op (~13 s at B = 4096 on a CPU core), so
-# the full grid stops at 512 here; 4096 gets single launches below, 16384 runs in the GPU tests.
+# the full grid stops at 512 here; 4096 (the largest batch) gets single launches below and runs in the GPU tests.
 @pytest.mark.parametrize('batch', [1, 7, 64, 333, 512])
 @pytest.mark.parametrize('p', [1e-6, 0.5, 0.9, 1.0])
 @pytest.mark.parametrize('q', [0.0, 0.25])
@@ -319,10 +321,105 @@ def test_gpu_kernels_match_reference(dtype):
 
 
 @pytest.mark.gpu
-def test_gpu_selection_of_16384():
-    losses = torch.rand(16384, generator=gen(16384)) ** 3 * 5
+def test_gpu_selection_of_the_largest_batch():
+    losses = torch.rand(selection.MAX_BATCH, generator=gen(1)) ** 3 * 5
     check_rule(losses, (0.3, 0.9, 0.99), 'cuda')
     grid = (losses * 64).round() / 64
     got = triton_impl.select_top_loss(grid.cuda(), 0.9, 100, 8)
     want = reference.select_top_loss(grid, 0.9, 100, 8)
     assert torch.equal(got.order.cpu(), want.order) and torch.equal(got.counts.cpu(), want.counts)
+
+
+# ---- exact sums: both implementations agree bit for bit and follow the rule in exact arithmetic ----
+
+def exact_rule(losses, p):
+    """k by the rule in rational arithmetic (p as both implementations rebuild it), and the exact
+    partial sums and threshold, to say how far the threshold is from each partial sum."""
+    values = losses.tolist()
+    n_bad = sum(not math.isfinite(v) for v in values)
+    finite = sorted((Fraction(max(v, 0.0)) for v in values if math.isfinite(v)), reverse=True)
+    threshold = Fraction(sum(split_p(p))) * sum(finite)
+    partial, cum = [], Fraction(0)
+    for v in finite:
+        cum += v
+        partial.append(cum)
+    k = next((i + 1 for i, c in enumerate(partial) if c >= threshold), len(partial))
+    return n_bad + max(k, 1), partial, threshold
+
+
+def check_exact(losses, p, quantum_margin=True):
+    """Kernel and reference agree bit for bit (order, counts, weights, kept-loss fraction); k is
+    the exact rule's, except where the threshold lies within the fixed-point rounding (one quantum
+    per loss) of a partial sum in between."""
+    got, want = run_both(losses, p)
+    assert torch.equal(got.order.cpu(), want.order) and torch.equal(got.counts.cpu(), want.counts)
+    assert torch.equal(got.weight.cpu(), want.weight) and torch.equal(got.stats.cpu()[0], want.stats[0])
+    assert torch.isfinite(got.stats[0]).item() and 0 <= got.stats[0].item() <= 1
+    k = int(got.counts[0])
+    k_rule, partial, threshold = exact_rule(losses, p)
+    if k != k_rule:
+        top = max(v for v in losses.tolist() if math.isfinite(v))
+        quantum = Fraction(2) ** (math.frexp(top)[1] - (52 - (len(losses) - 1).bit_length()))
+        between = partial[min(k, k_rule) - 1:max(k, k_rule) - 1]
+        assert all(abs(c - threshold) <= len(losses) * quantum for c in between), (k, k_rule)
+    return k, k_rule
+
+
+def test_tiny_tails_are_counted_at_p_1():
+    """fp32 cumulative sums absorbed [100] + [1e-6] * 7 at p = 1 (old kernel k = 1, old torch k = 5)."""
+    assert check_exact(torch.tensor([100.0] + [1e-6] * 7), 1.0) == (8, 8)
+    losses = torch.tensor([100.0] + [1e-6] * 1023)
+    for p in (0.99999, 0.999999, 1.0):
+        k, k_rule = check_exact(losses, p)
+        assert k == k_rule
+    assert check_exact(losses, 1.0)[0] == 1024
+
+
+@pytest.mark.parametrize('p', [0.3, 0.9, 0.999, 1.0])
+def test_losses_spanning_1e_minus_30_to_1e30(p):
+    g = gen(30)
+    losses = 10.0 ** (torch.rand(333, generator=g) * 60 - 30)
+    losses[::17] = 0.0
+    k, k_rule = check_exact(losses, p)
+    if p == 1.0:  # every positive loss is needed to reach the whole total
+        assert k == k_rule == int((losses > 0).sum())
+
+
+def test_confident_network_fp16_losses_at_p_1():
+    """The review's case: per-sample losses of fp16 logits of a confident network, B = 1024, p = 1.
+    The rule keeps every positive loss (fp32 sums gave 904 and 963 where the rule gives 1006)."""
+    g = gen(1006)
+    labels = torch.randint(0, 10, (1024,), generator=g)
+    logits = torch.randn(1024, 10, generator=g) * 2
+    logits[torch.arange(1024), labels] += 6 + 10 * torch.rand(1024, generator=g)  # margins of 6..16
+    losses, _ = reference.cross_entropy_forward(logits.half(), labels)
+    assert 0 < int((losses == 0).sum()) < 100 and losses.max() > 100 * losses[losses > 0].min()
+    for p in (0.999, 1.0):
+        k, k_rule = check_exact(losses, p)
+        assert k == k_rule
+    assert k == int((losses > 0).sum())
+
+
+def test_a_total_beyond_fp32_keeps_the_kept_loss_fraction_finite():
+    losses = torch.tensor([3e38] * 8 + [1.0])  # the sum overflows fp32
+    k, k_rule = check_exact(losses, 0.5)
+    assert k == k_rule == 5  # 4 x 3e38 falls short of half of (8 x 3e38 + 1) by 0.5
+    got, _ = run_both(losses, 0.5)
+    assert got.stats[0].item() == 0.625  # five of the eight huge losses (an fp32 sum: inf / inf = NaN)
+
+
+def test_p_is_rebuilt_exactly_from_its_fp32_parts():
+    for p in (0.3, 0.9, 0.123456789, 1 / 3, 1.0, 1e-6, 0.7):
+        assert sum(split_p(p)) == p
+    got, want = run_both(torch.ones(10), 0.3)  # fp32's 0.3 is 0.30000001: it would keep 4
+    assert int(got.counts[0]) == int(want.counts[0]) == 3
+
+
+def test_fill_keeps_exactly_cap_rows_and_reports_the_rule_k():
+    losses = torch.arange(20, 0, -1).float()  # 20, 19, ..., 1: p = 0.5 needs 6 (20 + ... + 15 = 105)
+    for cap in (3, 6, 11, 20):
+        got, want = run_both(losses, 0.5, cap=cap, fill=True)
+        assert_same_selection(got, want)
+        assert got.counts.tolist() == [6, cap] and kept_rows(got) == list(range(cap))
+        torch.testing.assert_close(got.weight.cpu()[:cap], torch.full((cap,), 1 / cap))
+        torch.testing.assert_close(got.stats.cpu()[2], losses[:cap].mean())

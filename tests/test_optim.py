@@ -5,6 +5,10 @@ import torch.nn as nn
 
 import train
 
+# The formula tests below state the update for the gradient of the loss as written: scale 1. The
+# loss-scale tests check that any other scale gives the same updates.
+HYP = {**train.hyp, 'loss_scale': 1.0}
+
 
 def tiny(hyp, fused=False):
     torch.manual_seed(0)
@@ -28,7 +32,7 @@ def simple_loss(model):
 
 
 def test_param_groups_put_batchnorm_and_biases_apart():
-    h = {**train.hyp, 'bn_lr_scale': 64.0, 'bn_weight_decay': 0}
+    h = {**HYP, 'bn_lr_scale': 64.0, 'bn_weight_decay': 0}
     model, opt = tiny(h)
     weights, norms = opt.param_groups
     assert [p.shape for p in weights['params']] == [(4, 3), (2, 4)]
@@ -36,12 +40,12 @@ def test_param_groups_put_batchnorm_and_biases_apart():
     train.apply_setting(opt, SETTING, h)
     assert (weights['lr'], norms['lr']) == (0.1, pytest.approx(6.4))
     assert (weights['weight_decay'], norms['weight_decay']) == (0.01, 0.0)
-    resnet_groups = train.param_groups(train.ResNet9(0.25), train.hyp)
+    resnet_groups = train.param_groups(train.ResNet9(0.25), HYP)
     assert len(resnet_groups[0]['params']) == 9 and len(resnet_groups[1]['params']) == 16
 
 
 def test_decoupled_weight_decay_is_applied_apart_from_the_gradient():
-    h = {**train.hyp, 'wd_mode': 'decoupled', 'bn_weight_decay': 0}
+    h = {**HYP, 'wd_mode': 'decoupled', 'bn_weight_decay': 0}
     model, opt = tiny(h)
     before = step(model, opt, h, simple_loss)
     grads = [p.grad for p in model.parameters()]
@@ -53,7 +57,7 @@ def test_decoupled_weight_decay_is_applied_apart_from_the_gradient():
 
 
 def test_l2_weight_decay_goes_through_the_gradient():
-    h = {**train.hyp, 'wd_mode': 'l2'}
+    h = {**HYP, 'wd_mode': 'l2'}
     model, opt = tiny(h)
     before = step(model, opt, h, simple_loss)
     for p, w0 in zip(model.parameters(), before):
@@ -61,7 +65,7 @@ def test_l2_weight_decay_goes_through_the_gradient():
 
 
 def test_adam_takes_momentum_as_beta1_and_adamw_is_decoupled():
-    h = {**train.hyp, 'optimizer': 'adam', 'wd_mode': 'decoupled'}
+    h = {**HYP, 'optimizer': 'adam', 'wd_mode': 'decoupled'}
     model, opt = tiny(h)
     assert isinstance(opt, torch.optim.AdamW)
     train.apply_setting(opt, {**SETTING, 'momentum': 0.8}, h)
@@ -70,7 +74,7 @@ def test_adam_takes_momentum_as_beta1_and_adamw_is_decoupled():
 
 
 def test_global_norm_clipping():
-    h = {**train.hyp, 'clip_norm': 0.5}
+    h = {**HYP, 'clip_norm': 0.5}
     model, opt = tiny(h)
     before = step(model, opt, h, lambda m: 1000 * simple_loss(m), setting={**SETTING, 'weight_decay': 0.0})
     total = torch.sqrt(sum(p.grad.square().sum() for p in model.parameters()))
@@ -94,7 +98,7 @@ def test_agc_clips_exactly_the_layers_over_the_ratio():
 
 
 def test_loss_scaling_steps_normally_and_skips_an_overflowing_step():
-    h = {**train.hyp, 'precision': 'amp'}
+    h = {**HYP, 'precision': 'amp'}
     model, opt = tiny(h, fused=True)
     scaler = train.make_scaler(h, 'cpu')
     scale = scaler.get_scale()
@@ -103,6 +107,55 @@ def test_loss_scaling_steps_normally_and_skips_an_overflowing_step():
     before = step(model, opt, h, lambda m: simple_loss(m) * float('inf'), scaler)
     assert all(torch.equal(p, w0) for p, w0 in zip(model.parameters(), before)), 'the inf step must be skipped'
     assert scaler.get_scale() == scale / 2
+
+
+SCALE_CASES = {
+    'nesterov-l2': {},
+    'bn-groups': {'bn_lr_scale': 8.0, 'bn_weight_decay': 0},
+    'sgdw': {'wd_mode': 'decoupled'},
+    'clip': {'clip_norm': 0.05},
+    'agc': {'agc': 0.01},
+    'amp-clip': {'precision': 'amp', 'clip_norm': 0.05},
+}
+
+
+@pytest.mark.parametrize('case', list(SCALE_CASES))
+def test_a_loss_scale_leaves_the_sgd_trajectory_unchanged(case):
+    """Back-propagating loss x S with lr / S and wd x S (clipping bounds x S) is the same SGD: after
+    a few steps the weights match the unscaled run up to fp32 rounding. A scale left in the
+    gradient, or folded into the wrong hyperparameter, moves them by orders of magnitude more."""
+    h = {**train.hyp, 'weight_decay': 0.05, **SCALE_CASES[case]}
+    setting = {'lr': 0.02, 'momentum': 0.9, 'weight_decay': 0.05, 'blf': 1.0}
+    finals = {}
+    for scale in (1.0, 64.0, 0.0):  # 0: auto (the batch size, 512; amp: 1)
+        hs = {**h, 'loss_scale': scale}
+        model, opt = tiny(hs, fused=hs['precision'] == 'amp')
+        scaler = train.make_scaler(hs, 'cpu')
+        for _ in range(4):
+            step(model, opt, hs, simple_loss, scaler, setting)
+        finals[scale] = [p.detach().clone() for p in model.parameters()]
+    assert train.loss_scale({**h, 'loss_scale': 0.0}) == (1.0 if h['precision'] == 'amp' else 512.0)
+    for scale in (64.0, 0.0):
+        for a, b in zip(finals[scale], finals[1.0]):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_adam_and_amp_default_to_no_loss_scale_and_adam_refuses_one(tmp_path, capsys):
+    assert train.loss_scale({**train.hyp, 'optimizer': 'adam'}) == 1.0
+    assert train.loss_scale({**train.hyp, 'precision': 'amp'}) == 1.0
+    assert train.loss_scale({**train.hyp, 'batch_size': 1024}) == 1024.0
+    code = train.main(['--device', 'cpu', '--optimizer', 'adam', '--loss-scale', '512', '--out-dir', str(tmp_path)])
+    assert code == 2 and '--loss-scale is for SGD' in capsys.readouterr().err
+
+
+def test_a_momentum_schedule_that_starts_at_zero_builds_and_steps():
+    """torch's SGD refuses nesterov=True with momentum 0 at construction (not at a step)."""
+    h = {**HYP, 'momentum_schedule': [(0, 0.0), (1, 0.9)]}
+    model, opt = tiny(h)
+    for momentum in (0.0, 0.0, 0.9, 0.9):
+        before = step(model, opt, h, simple_loss, setting={**SETTING, 'momentum': momentum})
+        assert all(not torch.equal(p, w0) for p, w0 in zip(model.parameters(), before))
+    assert opt.param_groups[0]['nesterov'] and opt.param_groups[0]['momentum'] == 0.9
 
 
 def test_precision_modes_give_the_documented_dtypes():
