@@ -8,8 +8,12 @@ Timed per batch size B, on fp16 logits [B, 10] as train.py produces them:
             (exactly the extra work of a `mask`-mode step), Triton vs torch;
   step    = one plain training step of train.py's ResNet-9 at batch B (forward, loss, backward,
             optimizer), so that `overhead = blf / step` says what BLF's machinery costs.
-GPU timings: triton.testing.do_bench (L2 flushed before each call, warm-up excluded), median and
-20th/80th percentiles in ms; step time: CUDA events around each of --reps steps, median.
+Both are timed the same way: after 5 untimed calls, a pair of CUDA events around each of --reps
+calls, one sync at the end (none between calls, so the host queues work as in training), L2 left
+as the previous call left it (in training the logits were just written); median and 20th/80th
+percentiles in ms. The BLF kernels are small: if the host launches them more slowly than the GPU
+runs them, the time includes the GPU waiting for launches, which a training step (where the GPU
+runs behind the host) would hide; `overhead` is then an upper bound.
 `--device cpu` runs the same code under Triton's interpreter as a smoke test: its times say nothing
 about GPU speed. Writes bench.csv, bench.md and env.json into a new folder under --out.
 """
@@ -18,25 +22,30 @@ import json
 import os
 import statistics
 import sys
-import time
 
 import torch
 
 import train
 
 
-def time_ms(fn, device, reps):
-    """(median, p20, p80) in ms."""
-    if torch.device(device).type == 'cuda':
-        import triton.testing
-        return tuple(triton.testing.do_bench(fn, warmup=25, rep=max(reps, 10), quantiles=[0.5, 0.2, 0.8]))
-    fn()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
+def time_ms(fn, device, reps, warmup=5):
+    """(median, p20, p80) in ms of `reps` calls of fn: CUDA events around each call and one sync
+    at the end on a GPU; the wall clock on the CPU (where each op has finished when it returns)."""
+    for _ in range(warmup):
         fn()
-        times.append((time.perf_counter() - start) * 1000)
-    q = statistics.quantiles(times, n=5) if len(times) > 1 else [times[0]] * 4
+    clock = train.Stopwatch(device)
+    marks = []
+    for _ in range(reps):
+        start = clock.mark()
+        fn()
+        marks.append((start, clock.mark()))
+    times = [clock.seconds(start, end) * 1000 for start, end in marks]  # the first call syncs, once
+    return quantiles(times)
+
+
+def quantiles(times):
+    """(median, p20, p80) of a list of times."""
+    q = statistics.quantiles(times, n=5, method='inclusive') if len(times) > 1 else [times[0]] * 4
     return statistics.median(times), q[0], q[3]
 
 
@@ -50,24 +59,16 @@ def blf_work(backend, logits, labels, p=0.9, smoothing=0.0):
 
 
 def step_ms(batch, device, dtype, reps):
-    """Median of --reps plain training steps at this batch size (after a few untimed ones)."""
+    """Median of --reps plain training steps of train.py at this batch size, timed as time_ms."""
     h = {**train.hyp, 'batch_size': batch}
     model = train.make_model(1.0, device, dtype)
     opt = train.make_optimizer(model, h)
-    for g in opt.param_groups:
-        g['lr'] = 1e-4
+    # a small lr: a step's time does not depend on it
+    train.apply_setting(opt, {'lr': 1e-3, 'momentum': 0.9, 'weight_decay': 5e-4, 'blf': 1.0}, h)
     x = torch.randn(batch, 3, 32, 32, device=device).to(dtype).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch,), device=device)
     totals = {k: torch.zeros((), device=device) for k in ('loss', 'correct', 'count')}
-    clock = train.Stopwatch(device)
-    for _ in range(3):
-        train.train_step(model, opt, x, y, h, totals)
-    times = []
-    for _ in range(reps):
-        start = clock.mark()
-        train.train_step(model, opt, x, y, h, totals)
-        times.append(clock.seconds(start, clock.mark()) * 1000)
-    return statistics.median(times)
+    return time_ms(lambda: train.train_step(model, opt, x, y, h, totals), device, reps)[0]
 
 
 def main(argv=None):

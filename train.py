@@ -14,6 +14,7 @@ import argparse
 import contextlib
 import copy
 import glob
+import itertools
 import json
 import math
 import os
@@ -254,7 +255,7 @@ def adaptive_clip_(params, ratio, eps=1e-3, grad_scale=1.0):
     w_norms = torch.stack(torch._foreach_norm([p.detach() for p in params])).float()
     g_norms = torch.stack(torch._foreach_norm(grads)).float()
     factors = (w_norms.clamp_min(eps) * (ratio * grad_scale) / g_norms.clamp_min(1e-12)).clamp_max(1.0)
-    torch._foreach_mul_(grads, [f.to(g.dtype) for f, g in zip(factors.unbind(), grads)])
+    torch._foreach_mul_(grads, list(factors.to(grads[0].dtype).unbind()))  # group 0 shares one dtype
 
 
 def backward_and_step(model, opt, loss, hyp, scaler=None):
@@ -532,16 +533,18 @@ class LaggedCount:
         self.cuda = torch.device(device).type == 'cuda'
         self.host = torch.zeros(slots, dtype=torch.int32, pin_memory=self.cuda)
         self.events = [None] * slots
+        self.new_event = torch.cuda.Event if self.cuda else None  # the tests put pending fake events here
         self.pushed = 0
         self.value, self.value_step = initial, None  # value_step: the push that wrote it (None: initial)
 
     def push(self, count):
         slot = self.pushed % len(self.events)
         self.host[slot].copy_(count, non_blocking=True)  # into pinned memory: asynchronous on a GPU
-        event = torch.cuda.Event() if self.cuda else None
-        if event is not None:
+        event = 'done'
+        if self.new_event is not None:
+            event = self.new_event()
             event.record()
-        self.events[slot] = event or 'done'
+        self.events[slot] = event
         self.pushed += 1
 
     @property
@@ -722,18 +725,23 @@ def blf_train_step(model, opt, x, y, hyp, totals, blf, scaler=None, mix=None):
 # A run
 
 def warm_up(hyp, data, device, dtype, backend=None, steps=3):
-    """Run every step and eval shape on random data so cudnn autotuning, Triton compilation and
-    lazy init happen outside the timed region. The model and optimiser used here are thrown away."""
-    gen = torch.Generator(device=device).manual_seed(12345)
+    """An untimed run of the run's own code, as airbench warms up: cuDNN autotuning, Triton
+    compilation, lazy initialisation, the first launches of the augmentation's ops (randperm,
+    gathers, where, masked_fill) and the allocator's segments for an augmented epoch (about 1.5 GB
+    in fp16) all happen here, not in epoch 1 of a timed run. It trains a few steps on real augmented
+    batches from data.train_batches, in two epochs (the second reuses the first's memory, as the
+    run's epochs do), then every compact kept-batch size and the evaluation shapes. The model and
+    optimiser are thrown away; train_run reseeds the data, so the runs' streams do not depend on it."""
     parts = run_parts(hyp, device, dtype, 12345, backend)
     model, opt, blf = parts['model'], parts['opt'], parts['blf']
     extras = {k: parts[k] for k in ('ema', 'scaler', 'mixer')}
     bs = hyp['batch_size']
-    x = torch.randn(bs, 3, 32, 32, device=device, generator=gen).to(data.test_x.dtype)
-    x = x.contiguous(memory_format=torch.channels_last)
-    y = torch.randint(0, 10, (bs,), device=device, generator=gen)
     settings = step_settings(hyp, 1)[:1] * steps
-    train_epoch(model, opt, [(x, y)] * steps, settings, hyp, **extras)
+    data.reseed(12345)
+    for _ in range(2):
+        batches = list(itertools.islice(data.train_batches(bs), steps))
+        train_epoch(model, opt, batches, settings, hyp, **extras)
+    x, y = batches[-1]
     if blf is not None:
         sizes = [bs] if hyp['blf_mode'] == 'mask' else sorted(
             {min(bs, k) for k in range(hyp['blf_bucket'], bs + hyp['blf_bucket'], hyp['blf_bucket']) if k > blf.n_bottom})
@@ -741,9 +749,8 @@ def warm_up(hyp, data, device, dtype, backend=None, steps=3):
             blf.fixed_size = size
             train_epoch(model, opt, [(x, y)], settings[:1], hyp, blf, **extras)
     n_test, ebs = len(data.test_y), hyp['eval_batch_size']
-    for n in {min(ebs, n_test), n_test % ebs or ebs}:
-        evaluate(model, [(x[:1].expand(n, 3, 32, 32).contiguous(memory_format=torch.channels_last), y[:1].expand(n))],
-                 tta=hyp['tta'], amp=hyp['precision'] == 'amp')
+    for n in {min(ebs, n_test), n_test % ebs or ebs}:  # the full and the last partial evaluation batch
+        evaluate(model, [(data.test_x[:n], data.test_y[:n])], tta=hyp['tta'], amp=hyp['precision'] == 'amp')
     if torch.device(device).type == 'cuda':
         torch.cuda.synchronize()
 
@@ -862,12 +869,19 @@ def format_row(row, blf_on=False):
     return '  '.join(f'{filled[name]:{fmt}}' for name, fmt in table_columns(blf_on))
 
 
+def run_quietly(cmd, cwd=HERE):
+    """stdout of a helper command (git, nvidia-smi), or None when it cannot run or fails."""
+    try:
+        res = subprocess.run(cmd, capture_output=True, text=True, timeout=20, cwd=cwd)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return res.stdout if res.returncode in (0, 1) else None  # git diff --no-index exits 1 on a difference
+
+
 def environment(device):
     def run(cmd):
-        try:
-            return subprocess.run(cmd, capture_output=True, text=True, timeout=20, cwd=HERE).stdout.strip()
-        except (OSError, subprocess.SubprocessError):
-            return None
+        out = run_quietly(cmd)
+        return None if out is None else out.strip()
     try:
         import triton
         triton_version = triton.__version__
@@ -900,8 +914,29 @@ def new_folder(parent, prefix=''):
     raise UserError(f'too many folders named {stamp}-N in {parent}')
 
 
+def save_source_state(path, root=HERE):
+    """What code ran, without copying the repository into every record: the git commit is in
+    env.json, and a tree that differs from it adds git.diff here (tracked changes and new .py
+    files). Outside a git checkout there is no commit to name, so the .py files are copied into
+    source/. Returns 'clean', 'diff' or 'copied'."""
+    if run_quietly(['git', 'rev-parse', 'HEAD'], root) is None:
+        for rel in sorted(glob.glob('*.py', root_dir=root) + glob.glob('kernels/*.py', root_dir=root)):
+            dest = os.path.join(path, 'source', rel)
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            shutil.copy2(os.path.join(root, rel), dest)
+        return 'copied'
+    diff = run_quietly(['git', 'diff', 'HEAD', '--binary'], root) or ''
+    for rel in (run_quietly(['git', 'ls-files', '--others', '--exclude-standard', '--', '*.py'], root) or '').split():
+        diff += run_quietly(['git', 'diff', '--no-index', '--binary', '/dev/null', rel], root) or ''
+    if not diff:
+        return 'clean'
+    with open(os.path.join(path, 'git.diff'), 'w') as fh:
+        fh.write(diff)
+    return 'diff'
+
+
 class Record:
-    """A new folder per invocation (never reuses one); the log, JSON and a copy of the source."""
+    """A new folder per invocation (never reuses one); the log, JSON and what code ran."""
 
     def __init__(self, out_dir):
         self.path = new_folder(out_dir)
@@ -920,11 +955,6 @@ class Record:
         with open(os.path.join(self.path, name), 'a') as fh:
             fh.write(json.dumps(obj) + '\n')
 
-    def copy_source(self):
-        for rel in sorted(glob.glob('*.py', root_dir=HERE) + glob.glob('kernels/*.py', root_dir=HERE)):
-            dest = os.path.join(self.path, 'source', rel)
-            os.makedirs(os.path.dirname(dest), exist_ok=True)
-            shutil.copy2(os.path.join(HERE, rel), dest)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -1085,8 +1115,8 @@ def run(args, argv):
     with open(os.path.join(record.path, 'command.txt'), 'w') as fh:
         fh.write(shlex.join(['python', 'train.py'] + argv) + '\n')
     env = environment(device)
+    env['source'] = save_source_state(record.path)  # clean (the commit says it all), diff or copied
     record.write_json('env.json', env)
-    record.copy_source()
 
     log(f'# {shlex.join(["python", "train.py"] + argv)}')
     log(f'# {env["device"]} | torch {env["torch"]} | {h["precision"]} | {data.n_train} train / {len(data.test_y)} test images '

@@ -136,12 +136,48 @@ def test_the_blf_schedule_sets_p_each_step(cifar):
     assert kept[1.0] == 128 and kept[0.5] < 64  # half the loss sits in fewer than half the samples
 
 
-def test_lagged_count_on_cpu_gives_the_previous_step():
+class PendingEvent:
+    """A CUDA event stand-in that completes only when the test says so."""
+
+    def __init__(self):
+        self.done = False
+
+    def record(self):
+        pass
+
+    def query(self):
+        return self.done
+
+
+def test_lagged_count_takes_the_newest_completed_count_and_reports_its_age():
+    """On a GPU the copies land late and out of step with the host: only a slot whose event has
+    completed may be read, the newest of them, and `lag` says how many steps old it is."""
     count = train.LaggedCount('cpu', initial=512)
-    assert count.latest() == 512
-    count.push(torch.tensor(100, dtype=torch.int32))
-    count.push(torch.tensor(120, dtype=torch.int32))
-    assert count.latest() == 120
+    events = []
+    count.new_event = lambda: events.append(PendingEvent()) or events[-1]
+
+    def push(value):
+        count.push(torch.tensor(value, dtype=torch.int32))
+
+    push(100)
+    push(120)
+    assert (count.latest(), count.lag) == (512, 0), 'nothing has landed: keep the initial size'
+    events[0].done = True
+    assert (count.latest(), count.lag) == (100, 2)
+    events[1].done = True
+    assert (count.latest(), count.lag) == (120, 1)
+    push(130)
+    push(140)
+    events[3].done = True  # the newer one completes first: take it, and never go back to 130
+    assert (count.latest(), count.lag) == (140, 1)
+    events[2].done = True
+    assert (count.latest(), count.lag) == (140, 1)
+    push(150)
+    assert (count.latest(), count.lag) == (140, 2), 'a pending newest copy: the older value, one step staler'
+    for value in range(200, 200 + 20):  # more pushes than slots: the ring wraps
+        push(value)
+    events[-1].done = True
+    assert (count.latest(), count.lag) == (219, 1)
 
 
 def test_kept_size_rounds_up_to_the_bucket_and_never_exceeds_the_batch(cifar):

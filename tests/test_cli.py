@@ -118,9 +118,9 @@ def test_short_cpu_run_learns_and_writes_a_complete_record(cifar_dir, tmp_path):
                      '--n-train', 4000, '--n-test', 1000, '--epochs', 3, '--width', 0.25, '--batch-size', 256)
     assert res.returncode == 0, res.stderr
     (record,) = [os.path.join(tmp_path, d) for d in os.listdir(tmp_path)]
-    for name in ('command.txt', 'config.json', 'env.json', 'log.txt', 'epochs.jsonl', 'runs.jsonl',
-                 'summary.json', 'source/train.py', 'source/data_gpu.py'):
+    for name in ('command.txt', 'config.json', 'env.json', 'log.txt', 'epochs.jsonl', 'runs.jsonl', 'summary.json'):
         assert os.path.isfile(os.path.join(record, name)), name
+    assert not os.path.exists(os.path.join(record, 'source')), 'a checkout names its commit instead of copying code' 
     (result,) = read_jsonl(os.path.join(record, 'runs.jsonl'))
     assert result['test_acc'] >= 0.30, result
     epochs = read_jsonl(os.path.join(record, 'epochs.jsonl'))
@@ -131,7 +131,9 @@ def test_short_cpu_run_learns_and_writes_a_complete_record(cifar_dir, tmp_path):
     config = json.load(open(os.path.join(record, 'config.json')))
     assert config['hyp']['epochs'] == 3 and config['n_train'] == 4000 and config['dtype'] == 'torch.float32'
     env = json.load(open(os.path.join(record, 'env.json')))
-    assert env['torch'] == torch.__version__ and env['python']
+    assert env['torch'] == torch.__version__ and env['python'] and len(env['git_commit']) == 40
+    assert env['source'] in ('clean', 'diff'), 'inside a checkout the commit names the code'
+    assert os.path.isfile(os.path.join(record, 'git.diff')) == (env['source'] == 'diff')
     assert '--n-train 4000' in open(os.path.join(record, 'command.txt')).read()
     log = open(os.path.join(record, 'log.txt')).read()
     assert log.strip() in res.stdout and 'train_loss' in log and 'test accuracy' in log
@@ -147,3 +149,94 @@ def test_several_runs_use_consecutive_seeds_and_summarize(cifar_dir, tmp_path):
     summary = json.load(open(os.path.join(record, 'summary.json')))
     assert summary['accuracy']['n'] == 2 and 'p' in summary['t_test_mean_gt_0.94']
     assert '2 runs: accuracy mean' in res.stdout and 'time median' in res.stdout
+
+
+def git(cwd, *args):
+    import subprocess
+    subprocess.run(['git', '-c', 'user.name=t', '-c', 'user.email=t@t', *args], cwd=cwd, check=True,
+                   capture_output=True)
+
+
+def test_a_record_stores_a_diff_only_when_the_tree_differs_from_its_commit(tmp_path):
+    repo, out = tmp_path / 'repo', tmp_path / 'record'
+    repo.mkdir()
+    out.mkdir()
+    (repo / 'train.py').write_text('a = 1\n')
+    git(repo, 'init', '-q')
+    git(repo, 'add', 'train.py')
+    git(repo, 'commit', '-qm', 'first')
+    assert train.save_source_state(str(out), str(repo)) == 'clean' and os.listdir(out) == []
+    (repo / 'train.py').write_text('a = 2\n')
+    (repo / 'new_kernel.py').write_text('b = 3\n')
+    assert train.save_source_state(str(out), str(repo)) == 'diff'
+    diff = (out / 'git.diff').read_text()
+    assert '-a = 1' in diff and '+a = 2' in diff and '+b = 3' in diff and 'new_kernel.py' in diff
+    plain = tmp_path / 'no-git'
+    plain.mkdir()
+    (plain / 'train.py').write_text('c = 4\n')
+    out2 = tmp_path / 'record2'
+    out2.mkdir()
+    assert train.save_source_state(str(out2), str(plain)) == 'copied'
+    assert (out2 / 'source' / 'train.py').read_text() == 'c = 4\n'
+
+
+def test_cuda_n_becomes_the_current_device_before_any_work(monkeypatch, tmp_path, capsys):
+    """--device cuda:1 used to be accepted but never made current: Triton launches and CUDA events
+    went to cuda:0. Checked here with a pretend CUDA of two GPUs."""
+    current = [0]
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 2)
+    monkeypatch.setattr(torch.cuda, 'current_device', lambda: current[0])
+    monkeypatch.setattr(torch.cuda, 'set_device', lambda index: current.__setitem__(0, index))
+    assert train.use_device('cuda:1') == torch.device('cuda', 1) and current == [1]
+    assert train.use_device('cuda') == torch.device('cuda', 1), 'plain cuda keeps the current device'
+    with pytest.raises(train.UserError, match='this machine has 2 GPU'):
+        train.use_device('cuda:2')
+
+    def stop(*args, **kwargs):
+        raise train.data_gpu.DataError(f'stopped with cuda:{current[0]} current')
+    current[0] = 0
+    monkeypatch.setattr(train.data_gpu, 'load_cifar10', stop)
+    assert train.main(['--device', 'cuda:1', '--out-dir', str(tmp_path)]) == 2
+    assert 'stopped with cuda:1 current' in capsys.readouterr().err
+
+
+@pytest.mark.parametrize('extra', [{}, {'blf': 0.8, 'blf_bucket': 32, 'blf_start_epoch': 1}])
+def test_warm_up_runs_the_augmentation_and_leaves_the_run_unchanged(cifar, extra):
+    """Epoch 1 used to pay, on the clock, for the augmentation's first launches and its memory:
+    warm-up never augmented. Now it trains on real augmented batches (two epochs' worth of
+    augmentation) and every kept-batch size, and a run after it is identical to one without it."""
+    h = {**train.hyp, 'batch_size': 128, 'epochs': 2, 'width': 0.125, 'precision': 'fp32', 'tta': 0, **extra}
+    data = train.data_gpu.DeviceCIFAR10(cifar, 'cpu', torch.float32, n_train=512, n_test=300)
+    backend = train.blf_backend('torch', 'cpu') if h['blf'] else None
+    augmented, trained = [], []
+    original_augment, original_epoch = data.augmented_epoch, train.train_epoch
+
+    def counting_augment():
+        augmented.append(1)
+        return original_augment()
+
+    def counting_epoch(model, opt, batches, *args, **kwargs):
+        batches = list(batches)
+        trained.append(len(batches))
+        return original_epoch(model, opt, batches, *args, **kwargs)
+
+    def run():
+        rows = []
+        result = train.train_run(h, data, 3, 'cpu', torch.float32, rows.append, backend, log=lambda line: None)
+        return result, [{k: v for k, v in r.items() if not k.endswith('_s')} for r in rows]
+
+    cold = run()
+    data.augmented_epoch = counting_augment
+    train.train_epoch = counting_epoch
+    try:
+        train.warm_up(h, data, 'cpu', torch.float32, backend)
+    finally:
+        train.train_epoch = original_epoch
+    assert len(augmented) == 2 and trained[:2] == [3, 3]
+    if h['blf']:
+        assert trained[2:] == [1] * 4, 'one step at each compact size: 32, 64, 96, 128'
+    warm = run()
+    assert warm[1] == cold[1]
+    assert {k: v for k, v in warm[0].items() if not k.endswith('_s')} == \
+        {k: v for k, v in cold[0].items() if not k.endswith('_s')}
