@@ -81,16 +81,15 @@ def strip_bn_relu(model):
 
 
 def make_step(kind, model, opt, x, y, hyp, blf=None):
-    totals = {k: torch.zeros((), device=x.device) for k in ('loss', 'correct', 'count') + train.BLF_TOTALS}
-    totals.update(steps=0, rows_trained=0)
+    totals = train.epoch_totals(x.device, blf_on=True)
     smoothing = hyp['label_smoothing']
 
     def full_step():
         train.train_step(model, opt, x, y, hyp, totals)
 
-    def no_optimizer():
+    def no_optimizer():  # the step's backward, loss scale included
         model.zero_grad(set_to_none=True)
-        F.cross_entropy(model(x).float(), y, label_smoothing=smoothing).backward()
+        (F.cross_entropy(model(x).float(), y, label_smoothing=smoothing) * train.loss_scale(hyp)).backward()
 
     def forward():
         with torch.no_grad():
@@ -119,8 +118,7 @@ def fresh(hyp, device, dtype, **model_options):
     torch.manual_seed(0)
     model = train.make_model(hyp['width'], device, dtype, **model_options)
     opt = train.make_optimizer(model, hyp)
-    for group in opt.param_groups:
-        group['lr'] = 1e-3  # small and fixed: the time of a step does not depend on it
+    train.apply_setting(opt, SETTING, hyp)  # a small fixed lr: the time of a step does not depend on it
     return model, opt
 
 

@@ -421,14 +421,19 @@ def train_step(model, opt, x, y, hyp, totals, scaler=None, mix=None):
     totals['count'] += len(y)
 
 
+def epoch_totals(device, blf_on):
+    """An epoch's running sums: device tensors (read once, at its end) and, for BLF, host counters."""
+    totals = {k: torch.zeros((), device=device) for k in ('loss', 'correct', 'count')}
+    if blf_on:
+        totals.update({k: torch.zeros((), device=device) for k in BLF_TOTALS})
+        totals.update(steps=0, rows_trained=0, count_lag=0, count_lag_max=0)
+    return totals
+
+
 def train_epoch(model, opt, batches, settings, hyp, blf=None, ema=None, scaler=None, mixer=None):
     """One pass over `batches`; per step, `settings` gives lr, momentum, weight decay and BLF's p
     (host floats, so nothing syncs); BLF steps when `blf` is given. Returns device tensors."""
-    device = next(model.parameters()).device
-    totals = {k: torch.zeros((), device=device) for k in ('loss', 'correct', 'count')}
-    if blf is not None:
-        totals.update({k: torch.zeros((), device=device) for k in BLF_TOTALS})
-        totals.update(steps=0, rows_trained=0, count_lag=0, count_lag_max=0)
+    totals = epoch_totals(next(model.parameters()).device, blf is not None)
     for (x, y), setting in zip(batches, settings):
         apply_setting(opt, setting, hyp)
         x, mix = mixer(x, y) if mixer is not None else (x, None)

@@ -32,8 +32,7 @@ def grads(model, h):
 
 
 def new_totals():
-    return {**{k: torch.zeros(()) for k in ('loss', 'correct', 'count') + train.BLF_TOTALS}, 'steps': 0,
-            'rows_trained': 0, 'count_lag': 0, 'count_lag_max': 0}
+    return train.epoch_totals('cpu', blf_on=True)
 
 
 @pytest.mark.parametrize('impl', IMPLS)
@@ -336,3 +335,35 @@ except train.UserError as e:
     res = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stderr
     assert 'UserError: --blf-impl triton needs triton' in res.stdout and 'use --blf-impl torch' in res.stdout
+
+
+def test_blf_bottom_overlapping_the_top_counts_each_row_once():
+    """When the top k and the bottom rows overlap, counts used to reach k + n_bottom > B and the
+    step was reported as truncated although every row was kept."""
+    losses = torch.tensor([5.0, 0.1, 3.0, 0.2, 9.0, 0.3, 1.0, 0.05, 2.0, 0.4])
+    blf = train.BLF({**train.hyp, 'blf': 1.0, 'blf_bottom': 0.2}, reference, 'cpu', 10, seed=0)
+    sel = blf.select(losses, cap=10)
+    assert sel.counts.tolist() == [10, 10], 'all ten rows, none truncated'
+    torch.testing.assert_close(sel.weight, torch.full((10,), 0.1))
+    assert sel.stats[0].item() == pytest.approx(1.0)
+
+
+@pytest.mark.parametrize('extra', [{'blf_bottom': 0.25}, {'subset_control': 'random'}])
+def test_kept_loss_fraction_survives_a_total_beyond_fp32(extra):
+    losses = torch.tensor([3e38] * 6 + [1.0, 2.0])  # finite, but their fp32 sum overflows
+    blf = train.BLF({**train.hyp, 'blf': 0.5, **extra}, reference, 'cpu', 8, seed=0)
+    sel = blf.select(losses, cap=8)
+    fraction = sel.stats[0].item()
+    assert 0 < fraction <= 1, fraction  # an fp32 sum gave inf / inf = NaN
+    kept = sel.weight > 0
+    assert fraction == pytest.approx(float(losses.double()[kept].sum() / losses.double().sum()), rel=1e-6)
+
+
+def test_random_control_weights_sum_to_one_over_the_rows_a_capped_compact_pass_trains():
+    losses = torch.rand(64, generator=torch.Generator().manual_seed(0)) + 0.1
+    blf = train.BLF({**train.hyp, 'blf': 0.99, 'subset_control': 'random'}, reference, 'cpu', 64, seed=0)
+    sel = blf.select(losses, cap=16, fill=True)  # the rule wants ~60 rows; the pass holds 16
+    rows = blf.rows(sel, 16)
+    assert sel.counts[1].item() == 16 and int(sel.counts[0]) > 16
+    torch.testing.assert_close(sel.weight[rows].sum(), torch.tensor(1.0))
+    assert int((sel.weight > 0).sum()) == 16 and bool((sel.weight[rows] > 0).all())

@@ -78,7 +78,7 @@ def test_blf_under_mixup_trains_on_the_top_mixed_losses(cifar, impl):
     mixed, mix = train.Mixer(h, 'cpu', seed=0)(x, y)
     blf = train.BLF(h, train.blf_backend(impl, 'cpu'), 'cpu', 96, seed=0)
     before = copy.deepcopy(model)
-    totals = {**{k: torch.zeros(()) for k in ('loss', 'correct', 'count') + train.BLF_TOTALS}, 'steps': 0, 'rows_trained': 0}
+    totals = train.epoch_totals('cpu', blf_on=True)
     train.blf_train_step(model, opt, mixed, y, h, totals, blf, mix=mix)
     losses = train.mixed_cross_entropy(before(mixed), y, mix, 0.1, reduction='none')
     sel = reference.select_top_loss(losses.detach(), 0.7)

@@ -50,8 +50,7 @@ def test_one_step_lowers_the_loss_on_a_fixed_batch(cifar):
     torch.manual_seed(0)
     model = train.make_model(0.5, 'cpu', torch.float32)
     opt = train.make_optimizer(model, {**train.hyp})
-    for g in opt.param_groups:
-        g['lr'] = 0.2
+    train.apply_setting(opt, {'lr': 0.2, 'momentum': 0.9, 'weight_decay': 5e-4, 'blf': 1.0}, train.hyp)
     x = train.data_gpu.normalize(cifar['train_x'][:128], torch.float32).contiguous(memory_format=torch.channels_last)
     y = cifar['train_y'][:128]
     before = F.cross_entropy(model(x).float(), y)
@@ -110,7 +109,9 @@ def test_the_schedule_reaches_the_optimizer_each_step(cifar):
     settings = train.step_settings(h, 2)
     train.train_epoch(model, opt, data.train_batches(128), settings[2:], h)
     group = opt.param_groups[0]
-    assert (group['lr'], group['momentum'], group['weight_decay']) == (settings[3]['lr'], 0.9, 1e-3)
+    scale = train.loss_scale(h)  # the step back-propagates loss x scale: SGD gets lr / scale, wd x scale
+    assert scale == h['batch_size'] == 512
+    assert (group['lr'], group['momentum'], group['weight_decay']) == (settings[3]['lr'] / scale, 0.9, 1e-3 * scale)
     assert group['nesterov']
 
 

@@ -1,0 +1,357 @@
+"""Every number this repo publishes, from one command on a GPU, in stages of a few minutes each.
+
+    python reproduce.py --data-dir /tmp/data --out runs/reproduce             # every stage, in order
+    python reproduce.py --data-dir /tmp/data --out runs/reproduce --stage core blf
+    python reproduce.py --list                                                # stages, what each proves, minutes
+    python reproduce.py --smoke --device cpu --data-dir data --out /tmp/smoke # every stage at toy size
+
+Stages run in the order of the value of what they prove. Each writes its records under
+OUT/<stage>/ (train.py records, logs, tables), its key figures to OUT/<stage>/done.json and one
+line to OUT/summary.md. A stage completed in OUT is skipped, so a run cut short (a time limit, a
+crash) resumes where it stopped; a stage that failed runs again. After each stage OUT is packed
+into ONE file, OUT/reproduce.tgz (records, logs, summary), to carry the whole of it back at once.
+Every training stage reports train.py's clock (CUDA events around the training steps and the final
+evaluation, airbench's rules; see README).
+
+--budget-min M starts a stage only if its estimated minutes fit in what is left of M; each stage
+also stops after --stage-timeout-min (default 9, so a stage fits a 10-minute job). The estimates
+are for an H100 and are guesses until a GPU has measured them (--list says which).
+"""
+import argparse
+import csv
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tarfile
+import time
+
+import summarize
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+PACK = 'reproduce.tgz'
+
+# Toy sizes for --smoke: the same stages and commands, small enough for a CPU in CI.
+SMOKE_TRAIN = ['--n-train', '256', '--n-test', '100', '--epochs', '2', '--width', '0.125', '--batch-size', '64',
+               '--blf-bucket', '16']
+SMOKE_BENCH = ['--batch-sizes', '16,33', '--reps', '2']
+SMOKE_PROFILE = ['--batch-sizes', '8,16', '--ablation-batch', '8', '--steps', '3', '--epochs', '1', '--n-train', '64',
+                 '--width', '0.125']
+
+BLF_CONFIGS = {  # the BatchLossFilter comparison: 30 epochs, the thread's p = 0.9
+    'baseline': [],
+    'blf-compact': ['--blf', '0.9'],
+    'blf-mask': ['--blf', '0.9', '--blf-mode', 'mask'],
+    'random-subset': ['--blf', '0.9', '--subset-control', 'random'],
+}
+
+LADDER = {  # the tricks' ablation ladder (results/README.md): each rung adds to the one before
+    '0-baseline': [],
+    '1-smoothing': ['--label-smoothing', '0.2'],
+    '2-ema': ['--label-smoothing', '0.2', '--ema', '0.99'],
+    '3-tta2': ['--label-smoothing', '0.2', '--ema', '0.99', '--tta', '2'],
+    '4-bn-groups': ['--label-smoothing', '0.2', '--ema', '0.99', '--tta', '2', '--bn-lr-scale', '64',
+                    '--bn-weight-decay', '0'],
+    '5-epochs-16': ['--label-smoothing', '0.2', '--ema', '0.99', '--tta', '2', '--bn-lr-scale', '64',
+                    '--bn-weight-decay', '0', '--epochs', '16'],
+    '5-epochs-12': ['--label-smoothing', '0.2', '--ema', '0.99', '--tta', '2', '--bn-lr-scale', '64',
+                    '--bn-weight-decay', '0', '--epochs', '12'],
+}
+
+
+class StageFailed(Exception):
+    """A command of the stage failed or a check of its output did not hold; the stage runs again next time."""
+
+
+class Context:
+    """What every stage needs: the options, its output folder, and a way to run a logged command."""
+
+    def __init__(self, args, stage):
+        self.args, self.smoke, self.device = args, args.smoke, args.device
+        self.dir = os.path.join(args.out, stage)
+        os.makedirs(self.dir, exist_ok=True)
+        self.log_path = os.path.join(self.dir, 'log.txt')
+        self.deadline = time.monotonic() + 60 * args.stage_timeout_min
+
+    def run(self, cmd, env=None, check=True):
+        """Run a command from the repo root, its output to the console and to the stage's log.txt."""
+        line = '$ ' + shlex.join(cmd[1:] if cmd[0] == sys.executable else cmd)
+        print(line, flush=True)
+        with open(self.log_path, 'a') as log:
+            log.write(line + '\n')
+            log.flush()
+            left = self.deadline - time.monotonic()
+            if left <= 0:
+                raise StageFailed(f'the stage ran past --stage-timeout-min {self.args.stage_timeout_min}')
+            proc = subprocess.Popen(cmd, cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                    env={**os.environ, 'PYTHONUNBUFFERED': '1', **(env or {})})
+            out = []
+            try:
+                for text in iter_lines(proc, left):
+                    print(text, end='', flush=True)
+                    log.write(text)
+                    out.append(text)
+            except TimeoutError:
+                proc.kill()
+                proc.wait()
+                raise StageFailed(f'{line[2:]} ran past --stage-timeout-min {self.args.stage_timeout_min}') from None
+        if check and proc.returncode != 0:
+            raise StageFailed(f'{line[2:]} exited with {proc.returncode}')
+        return proc.returncode, ''.join(out)
+
+    def train(self, out, flags, runs=None, seed=None):
+        """train.py with the stage's flags; --smoke appends the toy sizes last, so they win."""
+        cmd = [sys.executable, 'train.py', '--data-dir', self.args.data_dir, '--no-download', '--device', self.device,
+               '--out-dir', out, *flags]
+        if runs is not None:
+            cmd += ['--runs', str(min(runs, 2) if self.smoke else runs)]
+        if seed is not None:
+            cmd += ['--seed', str(seed)]
+        self.run(cmd + (SMOKE_TRAIN if self.smoke else []))
+
+
+def iter_lines(proc, timeout):
+    """The process's output line by line; TimeoutError once `timeout` seconds have passed."""
+    import selectors
+    end = time.monotonic() + timeout
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    while True:
+        left = end - time.monotonic()
+        if left <= 0:
+            raise TimeoutError
+        if sel.select(timeout=min(left, 5)):
+            text = proc.stdout.readline()
+            if not text:
+                break
+            yield text
+    proc.wait()
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading the records back
+
+def group_figures(path):
+    """Accuracy and time statistics of a group of train.py records (a folder of record folders)."""
+    group = summarize.summarize_group(path)
+    if group is None:
+        raise StageFailed(f'no finished runs under {path}')
+    return {'acc': group['acc'], 'p_gt_94': group['p_gt_94'], 'time_s': group['time'],
+            'kept_last_epoch': group['kept_curve'][-1] if group['kept_curve'] else None}
+
+
+def describe(name, fig):
+    a, t = fig['acc'], fig['time_s']
+    text = (f'{name}: acc {a["mean"]:.4f} ± {a["std"]:.4f} (n={a["n"]}), '
+            f'time median {t["median"]:.2f} s [{t["min"]:.2f}, {t["max"]:.2f}]')
+    if fig.get('kept_last_epoch') not in (None, 1.0):
+        text += f', kept {fig["kept_last_epoch"]:.2f} in the last epoch'
+    return text
+
+
+# ----------------------------------------------------------------------------------------------
+# Stages
+
+def stage_tests(ctx):
+    """pytest -m gpu with the data set found: no GPU test may skip for lack of data."""
+    code, out = ctx.run([sys.executable, '-m', 'pytest', '-m', 'gpu', '-q', '-rs', '-p', 'no:cacheprovider'],
+                        env={'CIFAR10_DIR': os.path.abspath(ctx.args.data_dir)}, check=False)
+    counts = pytest_counts(out)
+    missing_data = [line for line in out.splitlines() if line.startswith('SKIPPED') and 'CIFAR-10 not found' in line]
+    if missing_data:
+        raise StageFailed(f'{len(missing_data)} GPU test(s) skipped for lack of data')
+    if code not in (0, 5) or counts.get('failed') or counts.get('error'):
+        raise StageFailed(f'pytest -m gpu: {counts or "exit " + str(code)}')
+    return counts, 'gpu tests: ' + ', '.join(f'{n} {k}' for k, n in counts.items())
+
+
+def pytest_counts(out):
+    """{'passed': n, 'skipped': m, ...} from pytest's closing line."""
+    import re
+    lines = [line for line in out.splitlines() if re.search(r'\d+ (passed|failed|skipped|deselected|error)', line)]
+    if not lines:
+        return {}
+    return {word: int(n) for n, word in re.findall(r'(\d+) (passed|failed|skipped|deselected|errors?|xfailed)', lines[-1])}
+
+
+def stage_core(ctx):
+    """The default recipe, n = 5 in one process, and the control of the gradient-scale fix: the
+    same recipe under amp (fp32 weights, dynamic loss scaling) and with --loss-scale 1 (the old
+    batch-mean backward in fp16)."""
+    groups = {'default': ([], 5), 'amp': (['--precision', 'amp'], 5), 'fp16-loss-scale-1': (['--loss-scale', '1'], 3)}
+    if ctx.device == 'cpu' and not ctx.smoke:
+        raise StageFailed('the core stage compares GPU precisions: run it on a GPU (or with --smoke)')
+    figures = {}
+    for name, (flags, runs) in groups.items():
+        out = os.path.join(ctx.dir, name)
+        ctx.train(out, flags, runs=runs)
+        figures[name] = group_figures(out)
+    return figures, '; '.join(describe(name, fig) for name, fig in figures.items())
+
+
+def stage_bench(ctx):
+    """BLF's kernels against the torch reference and as a share of a training step."""
+    out = os.path.join(ctx.dir, 'bench')
+    flags = (['--device', 'cpu'] + SMOKE_BENCH) if ctx.smoke else ['--device', ctx.device, '--batch-sizes', '512,1024']
+    ctx.run([sys.executable, 'bench_blf.py', '--out', out, *flags])
+    (folder,) = [os.path.join(out, d) for d in os.listdir(out)]
+    with open(os.path.join(folder, 'bench.csv')) as fh:
+        rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+    line = '; '.join(f'B={int(r["batch"])}: triton {r["triton_ms"]:.3f} ms vs torch {r["torch_ms"]:.3f} ms '
+                     f'({r["speedup"]:.2f}x), {r["overhead_pct"]:.1f}% of a step' for r in rows)
+    return {'rows': rows}, line
+
+
+def stage_blf(ctx):
+    """30 epochs: baseline, BLF compact, BLF mask and the random-subset control, n = 3 each, seeds
+    interleaved (seed-major) so that drift of the machine hits every configuration alike."""
+    seeds = range(2 if ctx.smoke else 3)
+    for seed in seeds:
+        for name, flags in BLF_CONFIGS.items():
+            ctx.train(os.path.join(ctx.dir, name), ['--epochs', '30', *flags], seed=seed)
+    groups = [os.path.join(ctx.dir, name) for name in BLF_CONFIGS]
+    _, table = ctx.run([sys.executable, 'summarize.py', *groups])
+    with open(os.path.join(ctx.dir, 'summary.md'), 'w') as fh:
+        fh.write(table)
+    figures = {name: group_figures(os.path.join(ctx.dir, name)) for name in BLF_CONFIGS}
+    return figures, '; '.join(describe(name, fig) for name, fig in figures.items())
+
+
+def stage_profile(ctx):
+    """profile.py at batch 256, 512 and 1024 with the torch profiler's summary."""
+    flags = (['--device', 'cpu'] + SMOKE_PROFILE) if ctx.smoke else ['--device', ctx.device, '--batch-sizes', '256,512,1024']
+    ctx.run([sys.executable, 'profile.py', '--data-dir', ctx.args.data_dir, '--torch-profiler', '--out', ctx.dir, *flags])
+    (folder,) = [d for d in os.listdir(ctx.dir) if d.startswith('profile-')]
+    return {'folder': folder}, f'see profile/{folder}/profile.md'
+
+
+def stage_ladder(ctx):
+    """The tricks' ablation ladder, n = 3 per rung."""
+    figures = {}
+    rungs = list(LADDER)[:2] + list(LADDER)[-1:] if ctx.smoke else list(LADDER)  # smoke: the plumbing only
+    for name in rungs:
+        flags = LADDER[name]
+        out = os.path.join(ctx.dir, name)
+        ctx.train(out, flags, runs=3)
+        figures[name] = group_figures(out)
+    return figures, '; '.join(describe(name, fig) for name, fig in figures.items())
+
+
+# name: (function, what it proves, estimated H100 minutes, measured?)
+STAGES = {
+    'tests': (stage_tests, 'the GPU-only tests pass on real data: kernels natively, no host sync in whole epochs', 3, False),
+    'core': (stage_core, 'the default recipe\'s accuracy and time (n=5); fp16 with the loss scale vs amp and vs '
+                         'the old unscaled step', 5, False),
+    'bench': (stage_bench, 'BLF\'s kernels: Triton vs torch, and their cost as a share of a training step', 1, False),
+    'blf': (stage_blf, 'whether BatchLossFilter saves time at equal accuracy, against a random subset of the '
+                       'same size (n=3 each, 30 epochs)', 8, False),
+    'profile': (stage_profile, 'where the time of a step goes, and the distance from the hardware floor', 3, False),
+    'ladder': (stage_ladder, 'what each trick adds to accuracy and time (n=3 per rung)', 8, False),
+}
+
+
+# ----------------------------------------------------------------------------------------------
+# Driver
+
+def pack(out):
+    """OUT/reproduce.tgz with everything in OUT but itself, written beside it and then renamed."""
+    tmp = os.path.join(out, PACK + '.part')
+    with tarfile.open(tmp, 'w:gz') as tar:
+        for name in sorted(os.listdir(out)):
+            if name not in (PACK, PACK + '.part'):
+                tar.add(os.path.join(out, name), arcname=os.path.join(os.path.basename(os.path.abspath(out)), name))
+    os.replace(tmp, os.path.join(out, PACK))
+
+
+def environment_line(device):
+    import torch
+    try:
+        import triton
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    name = torch.cuda.get_device_name() if device.startswith('cuda') and torch.cuda.is_available() else 'CPU'
+    return f'{name} | torch {torch.__version__} | triton {triton_version} | python {sys.version.split()[0]}'
+
+
+def list_stages():
+    print(f'{"stage":8}  {"H100 min":>8}  what it proves')
+    for name, (_, proves, minutes, measured) in STAGES.items():
+        print(f'{name:8}  {minutes:>5}{"" if measured else " (est.)":7}  {proves}')
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0],
+                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    ap.add_argument('--data-dir', default='data', help='folder with cifar-10-batches-py/ (as train.py)')
+    ap.add_argument('--out', default='runs/reproduce', help='where the stages write; a second run resumes here')
+    ap.add_argument('--stage', nargs='+', choices=list(STAGES), help='only these stages (default: all, in order)')
+    ap.add_argument('--budget-min', type=float, default=None, help='start a stage only if its estimate fits in the minutes left')
+    ap.add_argument('--stage-timeout-min', type=float, default=9.0, help='stop a stage that runs longer than this')
+    ap.add_argument('--device', default='cuda', help='cuda, cuda:N or cpu (cpu only with --smoke)')
+    ap.add_argument('--smoke', action='store_true', help='every stage at toy size (CPU tests and CI)')
+    ap.add_argument('--list', action='store_true', help='list the stages and exit')
+    return ap.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.list:
+        list_stages()
+        return 0
+    if args.device == 'cpu' and not args.smoke:
+        print('error: without a GPU only --smoke makes sense (the stages measure GPU time)', file=sys.stderr)
+        return 2
+    if not os.path.isdir(os.path.join(args.data_dir, 'cifar-10-batches-py')):
+        print(f'error: no cifar-10-batches-py/ in {args.data_dir}: give --data-dir (train.py --data-dir '
+              f'{args.data_dir} downloads it when online)', file=sys.stderr)
+        return 2
+    try:
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as e:
+        print(f'error: cannot create {args.out}: {e.strerror}', file=sys.stderr)
+        return 2
+    summary_path = os.path.join(args.out, 'summary.md')
+    if not os.path.exists(summary_path):
+        with open(summary_path, 'w') as fh:
+            fh.write(f'# reproduce.py{" --smoke" if args.smoke else ""}\n\n{environment_line(args.device)}\n\n')
+    start, failed, skipped = time.monotonic(), [], []
+    for name in args.stage or list(STAGES):
+        fn, _, minutes, _ = STAGES[name]
+        done_path = os.path.join(args.out, name, 'done.json')
+        if os.path.isfile(done_path) and json.load(open(done_path)).get('status') == 'ok':
+            print(f'== {name}: already complete in {args.out}, skipped')
+            continue
+        left = None if args.budget_min is None else args.budget_min - (time.monotonic() - start) / 60
+        if left is not None and minutes > left:
+            skipped.append(name)
+            print(f'== {name}: estimated {minutes} min, {left:.1f} left of --budget-min: not started')
+            continue
+        print(f'== {name}: {STAGES[name][1]}', flush=True)
+        stage_start = time.monotonic()
+        ctx = Context(args, name)
+        try:
+            figures, line = fn(ctx)
+            status = 'ok'
+        except StageFailed as e:
+            figures, line, status = {}, f'FAILED: {e}', 'failed'
+            failed.append(name)
+        minutes_taken = (time.monotonic() - stage_start) / 60
+        with open(done_path, 'w') as fh:
+            json.dump({'status': status, 'minutes': minutes_taken, 'figures': figures, 'summary': line}, fh, indent=1)
+        with open(summary_path, 'a') as fh:
+            fh.write(f'- **{name}** ({minutes_taken:.1f} min): {line}\n')
+        print(f'== {name}: {line} ({minutes_taken:.1f} min)', flush=True)
+        pack(args.out)
+    print(f'summary: {summary_path}; everything packed in {os.path.join(args.out, PACK)}')
+    if skipped:
+        print(f'not started (budget): {" ".join(skipped)}; run again to resume')
+    if failed:
+        print(f'error: stage(s) failed: {" ".join(failed)} (see their log.txt)', file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
