@@ -367,3 +367,13 @@ def test_random_control_weights_sum_to_one_over_the_rows_a_capped_compact_pass_t
     assert sel.counts[1].item() == 16 and int(sel.counts[0]) > 16
     torch.testing.assert_close(sel.weight[rows].sum(), torch.tensor(1.0))
     assert int((sel.weight > 0).sum()) == 16 and bool((sel.weight[rows] > 0).all())
+
+
+def test_bench_times_every_call_alike():
+    """Both sides of bench_blf.py go through time_ms: warm-up calls untimed, then one timed
+    interval per call (do_bench used to take --reps as milliseconds and flush L2 on one side only)."""
+    import bench_blf
+    calls = []
+    median, p20, p80 = bench_blf.time_ms(lambda: calls.append(1), 'cpu', reps=7, warmup=3)
+    assert len(calls) == 10 and 0 <= p20 <= median <= p80
+    assert bench_blf.quantiles([5.0, 1.0, 3.0, 2.0, 4.0]) == (3.0, 1.8, 4.2)
