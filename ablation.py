@@ -33,6 +33,7 @@ import csv
 import json
 import os
 import re
+import shutil
 import statistics
 import sys
 
@@ -165,6 +166,17 @@ def profile_batch(hyp, data, device, dtype, args, backend):
         out['blf_kernels'] = {'median_ms': median, 'min_ms': low, 'max_ms': high, 'n': args.steps,
                               'note': 'p20/p80 as min/max' if device.type == 'cuda' else ''}
     return out
+
+
+SHARE_ROWS = {'data': ('full', 'no_data'), 'optimizer': ('no_data', 'no_optimizer'),
+              'bn_relu': ('no_optimizer', 'no_bn_relu'), 'conv_pool_add': ('no_bn_relu',)}
+
+
+def share_is_noise(row, share, ms_per_epoch, steps_per_epoch):
+    """A component's time is the difference of two rows' medians: below either row's spread
+    (max - min per step) it says nothing, and it can even come out negative."""
+    spread = max(row[k]['max_ms'] - row[k]['min_ms'] for k in SHARE_ROWS[share]) * steps_per_epoch
+    return ms_per_epoch <= 0 or ms_per_epoch < spread
 
 
 def shares_per_epoch(row, steps_per_epoch):
@@ -365,6 +377,17 @@ def main(argv=None):
         out = train.new_folder(args.out, prefix='profile-')
     except train.UserError as e:
         sys.exit(f'error: {e}')
+    try:
+        measure_and_write(args, argv, batches, device, dtype, cifar, out)
+    except BaseException as e:  # an error or Ctrl-C: a half-written profile folder is removed, not left behind
+        shutil.rmtree(out, ignore_errors=True)
+        if isinstance(e, KeyboardInterrupt):
+            print(f'interrupted: nothing was written ({out} removed)', file=sys.stderr)
+            sys.exit(130)
+        raise
+
+
+def measure_and_write(args, argv, batches, device, dtype, cifar, out):
     backend = train.blf_backend('triton', device) if args.blf > 0 else None
     base = {**train.hyp, 'width': args.width, 'blf': args.blf or None}
     env = train.environment(device)
@@ -426,8 +449,10 @@ def report(batches, results, shares, ablations, flops, ceilings, floor, prof, en
     lines += ['```', '', '## Seconds per epoch (50,000 images) by component', '', '```',
               f'{"batch":>6} ' + ''.join(f'{s:>15}' for s in SHARES) + f'{"total":>10}']
     for bs in batches:
-        lines.append(f'{bs:>6} ' + ''.join(f'{shares[bs][s] / 1000:15.3f}' for s in SHARES)
-                     + f'{sum(shares[bs].values()) / 1000:10.3f}')
+        cells = ['< noise' if share_is_noise(results[bs], s, shares[bs][s], 50000 // bs) else f'{shares[bs][s] / 1000:.3f}'
+                 for s in SHARES]
+        lines.append(f'{bs:>6} ' + ''.join(f'{c:>15}' for c in cells) + f'{sum(shares[bs].values()) / 1000:10.3f}')
+    lines.append('(< noise: a difference of two rows smaller than their spread, or negative; profile.csv keeps the number)')
     lines += ['```', '', f'## Precision and layout at batch {args.ablation_batch} (no_data step)', '', '```']
     base = ablations[0]['median_ms']
     for r in ablations:

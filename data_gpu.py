@@ -43,9 +43,18 @@ class DataError(Exception):
 # ----------------------------------------------------------------------------------------------
 # Disk -> uint8 tensors
 
+GOOD_COPY = (f'the official {ARCHIVE} (md5 {ARCHIVE_MD5}) from {URL}, or a copy of it from any '
+             f'machine that has one')
+
+
 def load_cifar10(data_dir, download=True, log=print):
-    """Return {'train_x': uint8 [50000,3,32,32], 'train_y': int64 [50000], 'test_x', 'test_y'} on the CPU."""
-    folder = os.path.join(data_dir, FOLDER)
+    """Return {'train_x': uint8 [50000,3,32,32], 'train_y': int64 [50000], 'test_x', 'test_y'} on the CPU.
+
+    data_dir may also be the cifar-10-batches-py folder itself (any folder holding data_batch_1)."""
+    if os.path.isfile(os.path.join(data_dir, TRAIN_FILES[0])):
+        folder = data_dir  # pointed at the batches folder itself: read it there, cache beside the batches
+    else:
+        folder = os.path.join(data_dir, FOLDER)
     archive = os.path.join(data_dir, ARCHIVE)
     cache = os.path.join(data_dir, CACHE)
 
@@ -95,18 +104,18 @@ def _read_batches(folder, names):
     for name in names:
         path = os.path.join(folder, name)
         if not os.path.isfile(path):
-            raise DataError(f'{path} is missing: {folder} is incomplete; delete it and re-run, '
-                            f'or put {ARCHIVE} beside it')
+            raise DataError(f'{path} is missing: {folder} is incomplete; extract a complete one from {GOOD_COPY}')
         try:
             with open(path, 'rb') as fh:
                 d = pickle.load(fh, encoding='bytes')
             x = torch.from_numpy(np.asarray(d[b'data'], dtype=np.uint8)).reshape(-1, 3, 32, 32)
             y = torch.tensor(d[b'labels'], dtype=torch.int64)
         except Exception as e:  # any unpickling or shape problem means the file is damaged
-            raise DataError(f'{path} is not a readable CIFAR-10 batch ({type(e).__name__}); '
-                            f'delete {folder} and re-run') from None
+            raise DataError(f'{path} is damaged (not a readable CIFAR-10 batch: {type(e).__name__}); '
+                            f'replace {folder} with one extracted from {GOOD_COPY}') from None
         if len(x) != len(y):
-            raise DataError(f'{path}: {len(x)} images but {len(y)} labels; delete {folder} and re-run')
+            raise DataError(f'{path} is damaged ({len(x)} images but {len(y)} labels); replace {folder} with one '
+                            f'extracted from {GOOD_COPY}')
         xs.append(x)
         ys.append(y)
     return torch.cat(xs), torch.cat(ys)
@@ -116,11 +125,12 @@ def _read_folder(folder):
     train_x, train_y = _read_batches(folder, TRAIN_FILES)
     test_x, test_y = _read_batches(folder, TEST_FILES)
     if len(train_x) != 50000 or len(test_x) != 10000:
-        raise DataError(f'{folder} holds {len(train_x)} train and {len(test_x)} test images, '
-                        f'not 50000 and 10000; delete it and re-run')
+        raise DataError(f'{folder} holds {len(train_x)} train and {len(test_x)} test images, not 50000 and 10000: '
+                        f'it is not the full CIFAR-10; replace it with one extracted from {GOOD_COPY}')
     for y in (train_y, test_y):
         if int(y.min()) < 0 or int(y.max()) > 9:
-            raise DataError(f'{folder} has labels outside 0..9; delete it and re-run')
+            raise DataError(f'{folder} has labels outside 0..9: it is damaged; replace it with one extracted '
+                            f'from {GOOD_COPY}')
     return {'train_x': train_x, 'train_y': train_y, 'test_x': test_x, 'test_y': test_y}
 
 
@@ -154,39 +164,64 @@ def _read_cache(cache, source, log):
 
 
 def _write_cache(cache, data, source, log):
+    """Write the cache through a temporary file; whatever stops that (a read-only folder: torch.save
+    raises OSError or RuntimeError; a full disk; Ctrl-C) leaves no temporary file behind. A cache
+    that cannot be written is fine: the data is already in memory, only the next start is slower."""
     tmp = f'{cache}.tmp{os.getpid()}'
     try:
         torch.save({'version': CACHE_VERSION, 'source': source, 'crc': _crc(data), **data}, tmp)
         os.replace(tmp, cache)
-    except OSError as e:  # a read-only data folder is fine: we just cannot speed up the next start
-        log(f'note: could not write the cache {cache} ({e.strerror}); continuing without it')
+    except (OSError, RuntimeError) as e:
+        log(f'note: could not write the cache {cache} ({getattr(e, "strerror", None) or str(e).splitlines()[0]}); '
+            f'training from memory')
+    finally:
         if os.path.exists(tmp):
             os.remove(tmp)
 
 
 def _download(url, dest, log):
-    os.makedirs(os.path.dirname(dest) or '.', exist_ok=True)
+    """Download to dest + '.part', then rename. On any failure (offline, Ctrl-C) the partial file
+    and the folders this call created are removed again."""
+    folder = os.path.abspath(os.path.dirname(dest) or '.')
+    created = []  # the folders makedirs will create, deepest last
+    parent = folder
+    while not os.path.exists(parent):
+        created.insert(0, parent)
+        parent = os.path.dirname(parent)
     part = dest + '.part'
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        raise DataError(f'cannot create {folder} for the download ({e.strerror}); give another --data-dir') from None
     log(f'downloading {url} -> {dest}')
     try:
-        with urllib.request.urlopen(url, timeout=30) as resp, open(part, 'wb') as out:
-            total = int(resp.headers.get('Content-Length') or 0)
-            done, last = 0, 0.0
-            while chunk := resp.read(1 << 20):
-                out.write(chunk)
-                done += len(chunk)
-                if time.time() - last > 0.5 or done == total:
-                    last = time.time()
-                    pct = f' {100 * done / total:5.1f}%' if total else ''
-                    print(f'\r  {done / 2**20:7.1f} MiB{pct}', end='', file=sys.stderr, flush=True)
-        print(file=sys.stderr)
-    except (OSError, ValueError) as e:  # URLError and timeouts are OSErrors
+        _fetch(url, part)
+    except BaseException as e:
         if os.path.exists(part):
             os.remove(part)
-        reason = getattr(e, 'reason', None) or e
-        raise DataError(f'could not download CIFAR-10 ({reason}); put {ARCHIVE} '
-                        f'or the extracted {FOLDER}/ into {os.path.dirname(dest) or "."}') from None
+        for path in reversed(created):
+            if os.path.isdir(path) and not os.listdir(path):
+                os.rmdir(path)
+        if isinstance(e, (OSError, ValueError)):  # URLError and timeouts are OSErrors
+            reason = getattr(e, 'reason', None) or e
+            raise DataError(f'could not download CIFAR-10 ({reason}); put {ARCHIVE} '
+                            f'or the extracted {FOLDER}/ into {os.path.dirname(dest) or "."}') from None
+        raise
     os.replace(part, dest)
+
+
+def _fetch(url, part):
+    with urllib.request.urlopen(url, timeout=30) as resp, open(part, 'wb') as out:
+        total = int(resp.headers.get('Content-Length') or 0)
+        done, last = 0, 0.0
+        while chunk := resp.read(1 << 20):
+            out.write(chunk)
+            done += len(chunk)
+            if time.time() - last > 0.5 or done == total:
+                last = time.time()
+                pct = f' {100 * done / total:5.1f}%' if total else ''
+                print(f'\r  {done / 2**20:7.1f} MiB{pct}', end='', file=sys.stderr, flush=True)
+    print(file=sys.stderr)
 
 
 def _check_md5(archive):
@@ -195,8 +230,8 @@ def _check_md5(archive):
         while chunk := fh.read(1 << 22):
             h.update(chunk)
     if h.hexdigest() != ARCHIVE_MD5:
-        raise DataError(f'{archive} has md5 {h.hexdigest()}, expected {ARCHIVE_MD5}: it is damaged '
-                        f'or not CIFAR-10; delete it and re-run to download it again')
+        raise DataError(f'{archive} is damaged or not CIFAR-10 (md5 {h.hexdigest()}, expected {ARCHIVE_MD5}); '
+                        f'put {GOOD_COPY} in its place (online, moving it aside lets train.py download one)')
 
 
 def _extract(archive, data_dir):
@@ -207,8 +242,8 @@ def _extract(archive, data_dir):
             else:
                 tar.extractall(data_dir)
     except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
-        raise DataError(f'{archive} could not be extracted ({type(e).__name__}): it is corrupt; '
-                        f'delete it and re-run to download it again') from None
+        raise DataError(f'{archive} is damaged: it could not be extracted ({type(e).__name__}); put {GOOD_COPY} '
+                        f'in its place (online, moving it aside lets train.py download one)') from None
 
 
 # ----------------------------------------------------------------------------------------------

@@ -134,7 +134,10 @@ def iter_lines(proc, timeout):
 
 def group_figures(path):
     """Accuracy and time statistics of a group of train.py records (a folder of record folders)."""
-    group = summarize.summarize_group(path)
+    try:
+        group = summarize.summarize_group(path)
+    except summarize.BadRecord as e:
+        raise StageFailed(str(e)) from None
     if group is None:
         raise StageFailed(f'no finished runs under {path}')
     return {'acc': group['acc'], 'p_gt_94': group['p_gt_94'], 'time_s': group['time'],

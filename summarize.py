@@ -5,6 +5,8 @@ and BLF's kept fraction per epoch (the forum thread's "selected samples" curve).
     python summarize.py runs/20261121-201500            # one record works too
 
 Each argument is a group: a record folder, or a folder of record folders (all their runs pooled).
+A record that was interrupted, or stopped when training diverged, contributes the runs it finished
+and is named below the table.
 """
 import argparse
 import json
@@ -14,21 +16,51 @@ import sys
 import stats
 
 
+class BadRecord(Exception):
+    """A record file that cannot be read; the message names the file and line."""
+
+
 def read_jsonl(path):
     if not os.path.isfile(path):
         return []
+    rows = []
     with open(path) as fh:
-        return [json.loads(line) for line in fh if line.strip()]
+        for number, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                raise BadRecord(f'{path}:{number}: not a complete JSON line (was the run killed while '
+                                f'writing it?); remove that line to use the rest') from None
+    return rows
+
+
+def is_record(path):
+    return os.path.isfile(os.path.join(path, 'config.json')) or os.path.isfile(os.path.join(path, 'runs.jsonl'))
 
 
 def records_in(path):
-    if os.path.isfile(os.path.join(path, 'runs.jsonl')):
+    if is_record(path):
         return [path]
-    return sorted(os.path.join(path, d) for d in os.listdir(path) if os.path.isfile(os.path.join(path, d, 'runs.jsonl')))
+    return sorted(os.path.join(path, d) for d in os.listdir(path) if is_record(os.path.join(path, d)))
+
+
+def record_status(record):
+    """complete, interrupted, diverged, or unfinished (no summary.json: still running, or killed)."""
+    path = os.path.join(record, 'summary.json')
+    if not os.path.isfile(path):
+        return 'unfinished'
+    try:
+        with open(path) as fh:
+            return json.load(fh).get('status', 'complete')  # records from before the status field were complete
+    except json.JSONDecodeError:
+        raise BadRecord(f'{path}: not valid JSON') from None
 
 
 def summarize_group(path):
     records = records_in(path)
+    incomplete = [(rec, status) for rec in records if (status := record_status(rec)) != 'complete']
     runs = [r for rec in records for r in read_jsonl(os.path.join(rec, 'runs.jsonl'))]
     epochs = [r for rec in records for r in read_jsonl(os.path.join(rec, 'epochs.jsonl'))]
     if not runs:
@@ -40,7 +72,8 @@ def summarize_group(path):
     for row in epochs:
         by_epoch.setdefault(row['epoch'], []).append(row.get('kept', 1.0))
     kept_curve = [sum(v) / len(v) for _, v in sorted(by_epoch.items())]
-    return {'group': path, 'records': len(records), 'acc': acc, 'p_gt_94': p, 'time': sec, 'kept_curve': kept_curve}
+    return {'group': path, 'records': len(records), 'acc': acc, 'p_gt_94': p, 'time': sec, 'kept_curve': kept_curve,
+            'incomplete': incomplete}
 
 
 def main(argv=None):
@@ -51,9 +84,12 @@ def main(argv=None):
     for g in args.groups:
         if not os.path.isdir(g):
             sys.exit(f'error: {g} is not a folder')
-        row = summarize_group(g)
+        try:
+            row = summarize_group(g)
+        except BadRecord as e:
+            sys.exit(f'error: {e}')
         if row is None:
-            sys.exit(f'error: no runs.jsonl under {g}')
+            sys.exit(f'error: no finished run under {g}')
         rows.append(row)
     print('| group | runs | accuracy mean ± std [min, max] | p(mean > 94%) | time median [min, max] s | kept fraction by epoch |')
     print('|---|---|---|---|---|---|')
@@ -62,6 +98,9 @@ def main(argv=None):
         curve = ' '.join(f'{k:.2f}' for k in r['kept_curve'])
         print(f'| {r["group"]} | {a["n"]} | {a["mean"]:.4f} ± {a["std"]:.4f} [{a["min"]:.4f}, {a["max"]:.4f}] | '
               f'{r["p_gt_94"]:.3g} | {t["median"]:.2f} [{t["min"]:.2f}, {t["max"]:.2f}] | {curve} |')
+    for r in rows:
+        for record, status in r['incomplete']:
+            print(f'\nnote: {record} is {status}: only its finished runs are counted')
 
 
 if __name__ == '__main__':

@@ -24,6 +24,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 import warnings
 
@@ -295,6 +296,8 @@ def parse_schedule(text):
         knots = None
     if not knots or any(len(k) != 2 for k in knots):
         raise argparse.ArgumentTypeError(f"expected knots 'epoch:value,epoch:value,...', got {text!r}")
+    if not all(math.isfinite(v) for knot in knots for v in knot):
+        raise argparse.ArgumentTypeError(f'a schedule\'s epochs and values must be finite numbers, got {text!r}')
     epochs = [e for e, _ in knots]
     if epochs[0] < 0 or any(b < a for a, b in zip(epochs, epochs[1:])):
         raise argparse.ArgumentTypeError(f'the epochs of a schedule must be >= 0 and ascending, got {text!r}')
@@ -832,8 +835,9 @@ def train_run(hyp, data, seed, device, dtype, on_epoch, backend=None, log=print)
         row = epoch_row(seed, epoch + 1, epoch_settings[-1]['lr'], totals, test, seconds, total)
         on_epoch(row)
         if not math.isfinite(row['train_loss']):
-            raise UserError(f'training diverged at epoch {epoch + 1}: the loss is {row["train_loss"]} '
-                            f'(BLF keeps non-finite rows, never hides them); try a lower --lr')
+            blf_note = ' (BLF keeps non-finite rows, never hides them)' if blf is not None else ''
+            raise UserError(f'training diverged at epoch {epoch + 1}: the loss is {row["train_loss"]}{blf_note}; '
+                            f'try a lower --lr')
         line, stop = plateau.update(epoch + 1, row['test_loss'])
         if line:
             log(line)
@@ -1004,6 +1008,10 @@ def parse_args(argv):
 
 def check_args(args):
     """Reject impossible values before any work is done."""
+    for key, default in hyp.items():
+        value = getattr(args, key)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise UserError(f'--{key.replace("_", "-")} must be a finite number, got {value}')
     checks = [
         (args.epochs >= 1, f'--epochs must be at least 1, got {args.epochs}'),
         (args.batch_size >= 1, f'--batch-size must be at least 1, got {args.batch_size}'),
@@ -1047,6 +1055,8 @@ def check_args(args):
         (0 <= args.blf_bottom < 1, f'--blf-bottom must be in [0, 1), got {args.blf_bottom}'),
         (not args.blf_bottom or args.blf is not None, '--blf-bottom needs --blf'),
         (all(v >= 0 for _, v in args.lr_schedule or []), '--lr-schedule values must be >= 0'),
+        (args.lr_schedule is None or any(v > 0 for _, v in args.lr_schedule),
+         '--lr-schedule is 0 throughout: nothing would train (as --lr 0 is refused)'),
         (all(0 <= v < 1 for _, v in args.momentum_schedule or []), '--momentum-schedule values must be in [0, 1)'),
         (all(v >= 0 for _, v in args.wd_schedule or []), '--wd-schedule values must be >= 0'),
         (all(0 < v <= 1 for _, v in args.blf_schedule or []), '--blf-schedule values must be in (0, 1]'),
@@ -1060,6 +1070,34 @@ def check_args(args):
     if args.batch_size > n_train:
         raise UserError(f'--batch-size {args.batch_size} is larger than the training set ({n_train} images)')
     check_device(args.device, ' (slow: try --n-train 4000 --n-test 1000 --epochs 4 --width 0.25 --batch-size 256)')
+    check_writable(args.out_dir)
+
+
+def check_writable(folder):
+    """A UserError unless `folder` is, or can be made, a folder this process can write into. Checked
+    before the data loads, so a bad --out-dir costs nothing; leaves nothing behind."""
+    path = os.path.abspath(folder)
+    while not os.path.exists(path):
+        path = os.path.dirname(path)
+    if not os.path.isdir(path):
+        raise UserError(f'--out-dir {folder}: {path} is a file, not a folder')
+    try:
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise UserError(f'--out-dir {folder}: cannot write into {path} ({e.strerror})') from None
+
+
+def schedule_notes(h):
+    """A line for each schedule that ends before the run does: its last value then holds, which is
+    rarely what a short list of knots meant (0:0,5:0.4 with --epochs 24 trains at 0.4 for 19 epochs)."""
+    notes = []
+    for key in ('lr_schedule', 'momentum_schedule', 'wd_schedule', 'blf_schedule'):
+        knots = h[key]
+        if knots and knots[-1][0] < h['epochs']:
+            notes.append(f'# note: --{key.replace("_", "-")} ends at epoch {knots[-1][0]:g} of {h["epochs"]}: '
+                         f'its last value, {knots[-1][1]:g}, holds for the rest of the run')
+    return notes
 
 
 def check_device(text, cpu_hint=''):
@@ -1086,6 +1124,10 @@ def use_device(text, cpu_hint=''):
     return device
 
 
+class Interrupted(Exception):
+    """Ctrl-C; the message says what the record kept."""
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
@@ -1095,6 +1137,12 @@ def main(argv=None):
     except (UserError, data_gpu.DataError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
+    except Interrupted as e:
+        print(f'interrupted: {e}', file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print('interrupted before the first run started; nothing was recorded', file=sys.stderr)
+        return 130
     return 0
 
 
@@ -1113,7 +1161,6 @@ def run(args, argv):
                                   flip=bool(h['flip']), crop_pad=h['crop_pad'], cutout=h['cutout'],
                                   cutout_count=h['cutout_count'])
     record = Record(args.out_dir)
-    log = record.log
     record.write_json('config.json', {'hyp': h, 'seed': args.seed, 'runs': args.runs, 'device': str(device),
                                       'dtype': str(dtype), 'n_train': data.n_train, 'n_test': len(data.test_y),
                                       'data_dir': os.path.abspath(args.data_dir)})
@@ -1123,10 +1170,49 @@ def run(args, argv):
     env['source'] = save_source_state(record.path)  # clean (the commit says it all), diff or copied
     record.write_json('env.json', env)
 
+    results = []
+    try:
+        train_runs(args, argv, h, data, device, dtype, backend, record, env, results)
+    except KeyboardInterrupt:
+        finish_record(record, results, 'interrupted', args.runs)
+        raise Interrupted(f'{len(results)} of {args.runs} run(s) finished; the record {record.path} keeps '
+                          f'them (and the epochs of the cut run) and says it was interrupted') from None
+    except UserError:
+        finish_record(record, results, 'diverged', args.runs)
+        raise
+    finish_record(record, results, 'complete', args.runs)
+    record.log(f'record: {record.path}')
+
+
+def finish_record(record, results, status, runs_planned):
+    """summary.json: the status (complete, interrupted, diverged), and the statistics of the runs
+    that finished, if any."""
+    summary = {'status': status, 'runs_finished': len(results), 'runs_planned': runs_planned}
+    if results:
+        summary.update(accuracy=stats.summarize([r['test_acc'] for r in results]),
+                       time_s=stats.summarize([r['time_s'] for r in results]))
+    if len(results) > 1:
+        t, p = stats.t_test_greater([r['test_acc'] for r in results], 0.94)
+        summary['t_test_mean_gt_0.94'] = {'t': t, 'p': p}
+        if status == 'complete':
+            a, s = summary['accuracy'], summary['time_s']
+            record.log(f'\n{len(results)} runs: accuracy mean {a["mean"]:.4f} std {a["std"]:.4f} min {a["min"]:.4f} '
+                       f'max {a["max"]:.4f} (one-sided t-test mean > 0.94: p = {p:.3g}); '
+                       f'time median {s["median"]:.3f} s (min {s["min"]:.3f}, max {s["max"]:.3f})')
+    if status != 'complete':
+        record.log(f'# {status} after {len(results)} of {runs_planned} run(s)')
+    record.write_json('summary.json', summary)
+
+
+def train_runs(args, argv, h, data, device, dtype, backend, record, env, results):
+    """Warm-up, then the runs; each finished run is appended to `results` and to runs.jsonl."""
+    log = record.log
     log(f'# {shlex.join(["python", "train.py"] + argv)}')
     log(f'# {env["device"]} | torch {env["torch"]} | {h["precision"]} | {data.n_train} train / {len(data.test_y)} test images '
         f'| record: {record.path}')
     log('# time = training steps (augmentation included) + final evaluation; per-epoch test evals excluded')
+    for note in schedule_notes(h):
+        log(note)
     warm_up(h, data, device, dtype, backend)
     blf_on = h['blf'] is not None
     if blf_on:
@@ -1137,7 +1223,6 @@ def run(args, argv):
         record.append_jsonl('epochs.jsonl', row)
         log(format_row(row, blf_on))
 
-    results = []
     for i in range(args.runs):
         seed = args.seed + i
         log(f'\nrun {i + 1}/{args.runs}, seed {seed}')
@@ -1148,18 +1233,6 @@ def run(args, argv):
         tta = {0: '', 1: ' (flip TTA)', 2: ' (flip + translate TTA)'}[h['tta']] + (' (EMA weights)' if h['ema'] else '')
         log(f'seed {seed}: test accuracy {result["test_acc"]:.4f}{tta}, time {result["time_s"]:.3f} s '
             f'(train {result["train_s"]:.3f} s + final eval {result["eval_s"]:.3f} s)')
-
-    summary = {'accuracy': stats.summarize([r['test_acc'] for r in results]),
-               'time_s': stats.summarize([r['time_s'] for r in results])}
-    if len(results) > 1:
-        t, p = stats.t_test_greater([r['test_acc'] for r in results], 0.94)
-        summary['t_test_mean_gt_0.94'] = {'t': t, 'p': p}
-        a, s = summary['accuracy'], summary['time_s']
-        log(f'\n{len(results)} runs: accuracy mean {a["mean"]:.4f} std {a["std"]:.4f} min {a["min"]:.4f} '
-            f'max {a["max"]:.4f} (one-sided t-test mean > 0.94: p = {p:.3g}); '
-            f'time median {s["median"]:.3f} s (min {s["min"]:.3f}, max {s["max"]:.3f})')
-    record.write_json('summary.json', summary)
-    log(f'record: {record.path}')
 
 
 if __name__ == '__main__':

@@ -240,3 +240,89 @@ def test_warm_up_runs_the_augmentation_and_leaves_the_run_unchanged(cifar, extra
     assert warm[1] == cold[1]
     assert {k: v for k, v in warm[0].items() if not k.endswith('_s')} == \
         {k: v for k, v in cold[0].items() if not k.endswith('_s')}
+
+
+@pytest.mark.parametrize('args, pattern', [
+    (['--lr', 'inf'], '--lr must be a finite number, got inf'),
+    (['--weight-decay', 'nan'], '--weight-decay must be a finite number'),
+    (['--lr-schedule', 'nan:0.4'], "a schedule's epochs and values must be finite numbers"),
+    (['--momentum-schedule', '0:0.9,10:inf'], "a schedule's epochs and values must be finite numbers"),
+    (['--lr-schedule', '0:0'], '--lr-schedule is 0 throughout: nothing would train'),
+    (['--lr-schedule', '0:0,10:0'], '--lr-schedule is 0 throughout'),
+])
+def test_non_finite_and_empty_schedules_are_refused(args, pattern, tmp_path, capsys):
+    try:
+        code = train.main(['--device', 'cpu', *args, '--out-dir', str(tmp_path)])
+    except SystemExit as e:
+        code = e.code
+    err = capsys.readouterr().err
+    assert code == 2 and err.strip().count('\n') == 0 and pattern in err, err
+
+
+def test_a_schedule_that_ends_early_is_named_in_the_header():
+    h = {**train.hyp, 'epochs': 24, 'lr_schedule': train.parse_schedule('0:0,5:0.4'),
+         'momentum_schedule': train.parse_schedule('0:0.9,30:0.8')}
+    notes = train.schedule_notes(h)
+    assert notes == ['# note: --lr-schedule ends at epoch 5 of 24: its last value, 0.4, holds for the rest of the run']
+    assert train.schedule_notes(train.hyp) == []
+
+
+def test_an_unusable_out_dir_is_refused_before_any_work(tmp_path, capsys):
+    a_file = tmp_path / 'file'
+    a_file.write_text('x')
+    for out in (a_file, a_file / 'below'):
+        assert train.main(['--device', 'cpu', '--out-dir', str(out), '--data-dir', str(tmp_path / 'none')]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f'error: --out-dir {out}: {a_file} is a file, not a folder'), err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['file']
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason='root writes into read-only folders')
+def test_a_read_only_out_dir_is_refused_before_any_work(tmp_path, capsys):
+    os.chmod(tmp_path, 0o555)
+    try:
+        assert train.main(['--device', 'cpu', '--out-dir', str(tmp_path), '--data-dir', '/none']) == 2
+        assert 'cannot write into' in capsys.readouterr().err
+    finally:
+        os.chmod(tmp_path, 0o755)
+
+
+def test_divergence_without_blf_does_not_blame_blf(cifar_dir, tmp_path):
+    res = run_script('train.py', '--device', 'cpu', '--data-dir', cifar_dir, '--out-dir', tmp_path, '--lr', '1e30',
+                     '--n-train', 256, '--n-test', 100, '--epochs', 2, '--width', 0.125, '--batch-size', 128)
+    one_line_error(res, 'training diverged at epoch')
+    assert res.stderr.strip().endswith('the loss is nan; try a lower --lr') and 'BLF' not in res.stderr
+    (record,) = [os.path.join(tmp_path, d) for d in os.listdir(tmp_path)]
+    assert json.load(open(os.path.join(record, 'summary.json')))['status'] == 'diverged'
+
+
+def test_ctrl_c_mid_run_prints_one_line_marks_the_record_and_exits_130(cifar_dir, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    from conftest import REPO
+    proc = subprocess.Popen([sys.executable, str(REPO / 'train.py'), '--device', 'cpu', '--data-dir', cifar_dir,
+                             '--out-dir', str(tmp_path), '--n-train', 512, '--n-test', 100, '--epochs', 50,
+                             '--width', 0.125, '--batch-size', 128, '--runs', 3],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    for line in proc.stdout:  # wait until the first run has finished and the second has begun
+        if line.startswith('    1 ') and 'seed 0:' in open(next(tmp_path.iterdir()) / 'log.txt').read():
+            break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert err.strip().count('\n') == 0 and err.startswith('interrupted: 1 of 3 run(s) finished'), err
+    (record,) = list(tmp_path.iterdir())
+    summary = json.load(open(record / 'summary.json'))
+    assert summary['status'] == 'interrupted' and summary['runs_finished'] == 1 and summary['accuracy']['n'] == 1
+    assert len(read_jsonl(record / 'runs.jsonl')) == 1
+    assert {r['seed'] for r in read_jsonl(record / 'epochs.jsonl')} == {0, 1}, 'the cut run\'s epochs are kept'
+
+
+def test_a_complete_record_says_so(cifar_dir, tmp_path):
+    res = run_script('train.py', '--device', 'cpu', '--data-dir', cifar_dir, '--out-dir', tmp_path,
+                     '--n-train', 128, '--n-test', 50, '--epochs', 1, '--width', 0.125, '--batch-size', 128)
+    assert res.returncode == 0, res.stderr
+    (record,) = list(tmp_path.iterdir())
+    summary = json.load(open(record / 'summary.json'))
+    assert summary['status'] == 'complete' and summary['runs_finished'] == summary['runs_planned'] == 1

@@ -11,6 +11,8 @@ import torch
 import data_gpu
 from data_gpu import DataError
 
+ARCHIVE_MD5_OFFICIAL = 'c58f30108f718f92721af3b95e74349a'
+
 
 # ---- the real data ---------------------------------------------------------------------------
 
@@ -116,8 +118,9 @@ def test_archive_is_md5_checked_and_extracted(tmp_path, monkeypatch):
 
 def test_archive_with_wrong_md5_is_refused(tmp_path):
     make_fake_archive(tmp_path)  # its md5 is not the official one
-    with pytest.raises(DataError, match='md5 .* expected c58f30108f718f92721af3b95e74349a'):
+    with pytest.raises(DataError, match='md5 .* expected c58f30108f718f92721af3b95e74349a') as err:
         data_gpu.load_cifar10(str(tmp_path), download=False)
+    assert 'delete' not in str(err.value)
     assert (tmp_path / data_gpu.ARCHIVE).is_file(), 'the user\'s file must not be deleted'
 
 
@@ -125,8 +128,9 @@ def test_corrupt_archive_with_right_md5_gives_clear_error(tmp_path, monkeypatch)
     archive = tmp_path / data_gpu.ARCHIVE
     archive.write_bytes(b'\x1f\x8b' + os.urandom(5000))  # gzip magic, then noise
     monkeypatch.setattr(data_gpu, 'ARCHIVE_MD5', hashlib.md5(archive.read_bytes()).hexdigest())
-    with pytest.raises(DataError, match='corrupt'):
+    with pytest.raises(DataError, match='is damaged: it could not be extracted') as err:
         data_gpu.load_cifar10(str(tmp_path), download=False)
+    assert 'delete' not in str(err.value) and ARCHIVE_MD5_OFFICIAL in str(err.value)
 
 
 def test_damaged_batch_file_gives_clear_error(tmp_path):
@@ -134,8 +138,10 @@ def test_damaged_batch_file_gives_clear_error(tmp_path):
     path = os.path.join(folder, 'data_batch_3')
     with open(path, 'r+b') as fh:
         fh.truncate(1000)
-    with pytest.raises(DataError, match='data_batch_3 is not a readable CIFAR-10 batch'):
+    with pytest.raises(DataError, match='data_batch_3 is damaged') as err:
         data_gpu.load_cifar10(str(tmp_path), download=False)
+    assert 'delete' not in str(err.value), 'offline, deleting is losing the only copy'
+    assert 'extracted from the official cifar-10-python.tar.gz' in str(err.value)
 
 
 def test_missing_data_without_download_gives_clear_error(tmp_path):
@@ -147,7 +153,73 @@ def test_failed_download_gives_clear_error_and_leaves_nothing(tmp_path, monkeypa
     monkeypatch.setattr(data_gpu, 'URL', 'http://127.0.0.1:9/cifar-10-python.tar.gz')  # nothing listens
     with pytest.raises(DataError, match='could not download CIFAR-10 .*put cifar-10-python.tar.gz'):
         data_gpu.load_cifar10(str(tmp_path / 'd'), log=lambda m: None)
-    assert not any(p.name.endswith('.part') for p in (tmp_path / 'd').iterdir())
+    assert not (tmp_path / 'd').exists(), 'the folder the download created is removed again'
+
+
+def test_a_failed_download_removes_every_folder_it_created_and_no_other(tmp_path, monkeypatch):
+    monkeypatch.setattr(data_gpu, 'URL', 'http://127.0.0.1:9/cifar-10-python.tar.gz')
+    (tmp_path / 'kept').mkdir()
+    for target in (tmp_path / 'a' / 'b' / 'c', tmp_path / 'kept'):
+        with pytest.raises(DataError, match='could not download'):
+            data_gpu.load_cifar10(str(target), log=lambda m: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['kept'] and not any((tmp_path / 'kept').iterdir())
+
+
+def test_ctrl_c_during_the_download_leaves_nothing(tmp_path, monkeypatch):
+    def interrupted(url, part):
+        open(part, 'wb').write(b'x' * 1000)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(data_gpu, '_fetch', interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        data_gpu.load_cifar10(str(tmp_path / 'new'), log=lambda m: None)
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize('failure', [RuntimeError('File cifar10_uint8.pt.tmp1 cannot be opened.'),
+                                     PermissionError(13, 'Permission denied')])
+def test_a_cache_that_cannot_be_written_trains_from_memory(tmp_path, monkeypatch, failure):
+    """A read-only data folder: torch.save raises RuntimeError (its zip writer) or OSError."""
+    write_fake_folder(tmp_path)
+
+    def failing_save(obj, path):
+        open(path, 'wb').write(b'half a cache')
+        raise failure
+    monkeypatch.setattr(data_gpu.torch, 'save', failing_save)
+    messages = []
+    data = data_gpu.load_cifar10(str(tmp_path), download=False, log=messages.append)
+    assert data['train_x'].shape == (50000, 3, 32, 32)
+    assert len(messages) == 1 and 'could not write the cache' in messages[0] and 'training from memory' in messages[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [data_gpu.FOLDER], 'no temporary file left behind'
+
+
+def test_ctrl_c_while_the_cache_is_written_leaves_no_temporary_file(tmp_path, monkeypatch):
+    write_fake_folder(tmp_path)
+
+    def interrupted_save(obj, path):
+        open(path, 'wb').write(b'x' * 1000)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(data_gpu.torch, 'save', interrupted_save)
+    with pytest.raises(KeyboardInterrupt):
+        data_gpu.load_cifar10(str(tmp_path), download=False, log=lambda m: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [data_gpu.FOLDER]
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason='root writes into read-only folders')
+def test_a_read_only_data_folder_trains_from_memory(tmp_path):
+    write_fake_folder(tmp_path)
+    os.chmod(tmp_path, 0o555)
+    try:
+        messages = []
+        data_gpu.load_cifar10(str(tmp_path), download=False, log=messages.append)
+        assert any('could not write the cache' in m for m in messages)
+    finally:
+        os.chmod(tmp_path, 0o755)
+
+
+def test_data_dir_may_be_the_batches_folder_itself(tmp_path):
+    folder = write_fake_folder(tmp_path)
+    data = data_gpu.load_cifar10(folder, download=False, log=lambda m: None)
+    assert data['train_x'].shape == (50000, 3, 32, 32)
 
 
 def test_download_is_md5_checked_and_extracted(tmp_path, monkeypatch):

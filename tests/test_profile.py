@@ -86,3 +86,33 @@ def test_profile_py_stands_in_for_the_stdlib_module_when_imported():
             'p = cProfile.Profile(); p.runcall(sum, range(10)); pstats.Stats(p, stream=io.StringIO()); print("ok")')
     res = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0 and res.stdout.strip() == 'ok', res.stderr
+
+
+def test_ctrl_c_or_a_crash_leaves_no_empty_profile_folder(cifar_dir, tmp_path, monkeypatch, capsys):
+    for failure, code in ((KeyboardInterrupt, 130), (RuntimeError('boom'), None)):
+        def fail(*args, **kwargs):
+            raise failure
+        monkeypatch.setattr(ablation, 'measure_and_write', fail)
+        argv = ['--device', 'cpu', '--data-dir', cifar_dir, '--out', str(tmp_path), '--batch-sizes', '8',
+                '--ablation-batch', '8', '--n-train', '64']
+        if code is None:
+            with pytest.raises(RuntimeError):
+                ablation.main(argv)
+        else:
+            with pytest.raises(SystemExit) as stop:
+                ablation.main(argv)
+            assert stop.value.code == 130 and 'interrupted: nothing was written' in capsys.readouterr().err
+        assert os.listdir(tmp_path) == []
+
+
+def test_a_component_below_its_rows_spread_prints_as_noise():
+    def row(median, low, high):
+        return {'median_ms': median, 'min_ms': low, 'max_ms': high}
+    results = {'full': row(10.0, 9.0, 11.0), 'no_data': row(10.2, 10.1, 10.3), 'no_optimizer': row(6.0, 5.99, 6.01),
+               'no_bn_relu': row(4.0, 3.99, 4.01)}
+    shares = ablation.shares_per_epoch(results, 100)
+    assert shares['data'] < 0  # full - no_data came out negative: noise, not a saving
+    noise = {s: ablation.share_is_noise(results, s, shares[s], 100) for s in ablation.SHARES}
+    assert noise == {'data': True, 'optimizer': False, 'bn_relu': False, 'conv_pool_add': False}
+    small = {**results, 'full': row(10.5, 9.0, 12.0)}  # positive but inside the spread of 'full'
+    assert ablation.share_is_noise(small, 'data', ablation.shares_per_epoch(small, 100)['data'], 100)

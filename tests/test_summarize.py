@@ -4,8 +4,10 @@ import os
 from conftest import run_script
 
 
-def fake_record(folder, seeds_accs_times, kept):
+def fake_record(folder, seeds_accs_times, kept, status='complete'):
     os.makedirs(folder)
+    with open(os.path.join(folder, 'summary.json'), 'w') as fh:
+        json.dump({'status': status}, fh)
     with open(os.path.join(folder, 'runs.jsonl'), 'w') as fh:
         for seed, acc, t in seeds_accs_times:
             fh.write(json.dumps({'seed': seed, 'test_acc': acc, 'time_s': t}) + '\n')
@@ -25,3 +27,25 @@ def test_groups_pool_their_records(tmp_path):
     assert '| 3 | 0.9430 ± 0.0020 [0.9410, 0.9450]' in blf and '11.00 [10.00, 12.00]' in blf
     assert blf.endswith('| 1.00 0.63 0.32 |') and base.endswith('| 1.00 1.00 1.00 |')
     assert run_script('summarize.py', tmp_path / 'nothing').returncode != 0
+
+
+def test_a_truncated_runs_file_is_named_in_one_line(tmp_path):
+    fake_record(tmp_path / 'g' / 'r1', [(0, 0.941, 10.0), (1, 0.942, 10.0)], [1.0])
+    path = tmp_path / 'g' / 'r1' / 'runs.jsonl'
+    path.write_text(path.read_text()[:-20])  # the second line cut, as a kill while writing leaves it
+    res = run_script('summarize.py', tmp_path / 'g')
+    assert res.returncode != 0 and 'Traceback' not in res.stderr
+    assert res.stderr.strip().splitlines() == [f'error: {path}:2: not a complete JSON line (was the run killed '
+                                               f'while writing it?); remove that line to use the rest']
+
+
+def test_interrupted_and_unfinished_records_count_their_finished_runs_and_are_named(tmp_path):
+    fake_record(tmp_path / 'g' / 'r1', [(0, 0.941, 10.0)], [1.0])
+    fake_record(tmp_path / 'g' / 'r2', [(1, 0.943, 12.0)], [1.0], status='interrupted')
+    os.makedirs(tmp_path / 'g' / 'r3')  # killed before its first run finished: a config and nothing else
+    (tmp_path / 'g' / 'r3' / 'config.json').write_text('{}')
+    res = run_script('summarize.py', tmp_path / 'g')
+    assert res.returncode == 0, res.stderr
+    assert '| 2 | 0.9420 ± 0.0014' in res.stdout
+    assert f'note: {tmp_path / "g" / "r2"} is interrupted' in res.stdout
+    assert f'note: {tmp_path / "g" / "r3"} is unfinished' in res.stdout
