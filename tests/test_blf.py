@@ -269,6 +269,12 @@ def test_benchmark_runs_and_writes_its_tables(tmp_path):
         lines = fh.read().splitlines()
     assert lines[0].startswith('batch,triton_ms') and [l.split(',')[0] for l in lines[1:]] == ['16', '33']
     assert 'interpreter' in res.stdout and os.path.isfile(os.path.join(out, 'bench.md'))
+    import csv
+    for row in csv.DictReader(open(os.path.join(out, 'bench.csv'))):  # the derived columns from the measured ones
+        r = {k: float(v) for k, v in row.items()}
+        assert r['speedup'] == pytest.approx(r['torch_ms'] / r['triton_ms'])
+        assert r['overhead_pct'] == pytest.approx(100 * r['triton_ms'] / r['step_ms'])
+        assert r['triton_p20'] <= r['triton_ms'] <= r['triton_p80'] and r['torch_p20'] <= r['torch_ms'] <= r['torch_p80']
     assert run_script('bench_blf.py', '--batch-sizes', 'x').returncode != 0
 
 

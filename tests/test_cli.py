@@ -326,3 +326,21 @@ def test_a_complete_record_says_so(cifar_dir, tmp_path):
     (record,) = list(tmp_path.iterdir())
     summary = json.load(open(record / 'summary.json'))
     assert summary['status'] == 'complete' and summary['runs_finished'] == summary['runs_planned'] == 1
+
+
+def test_run_i_of_a_multi_run_equals_a_single_run_from_its_seed(cifar_dir, tmp_path):
+    """--seed 3 --runs 2 trains seeds 3 and 4, each from its own data stream (the runs differ), and its
+    second run is the run --seed 4 --runs 1 trains: would catch a data generator not reseeded per
+    run, or a seed offset by one."""
+    small = ['--device', 'cpu', '--data-dir', cifar_dir, '--n-train', 256, '--n-test', 100, '--epochs', 2,
+             '--width', 0.125, '--batch-size', 64]
+    for name, extra in (('two', ['--seed', 3, '--runs', 2]), ('one', ['--seed', 4])):
+        res = run_script('train.py', *small, *extra, '--out-dir', tmp_path / name)
+        assert res.returncode == 0, res.stderr
+
+    def rows(name):
+        (record,) = list((tmp_path / name).iterdir())
+        return [{k: v for k, v in r.items() if not k.endswith('_s')} for r in read_jsonl(record / 'epochs.jsonl')]
+    two, one = rows('two'), rows('one')
+    assert [r for r in two if r['seed'] == 4] == one
+    assert [r['train_loss'] for r in two if r['seed'] == 3] != [r['train_loss'] for r in one]

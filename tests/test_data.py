@@ -1,5 +1,6 @@
 """data_gpu: reading CIFAR-10 from disk (folder, archive, download, cache) and the augmentation."""
 import hashlib
+import math
 import os
 import pickle
 import tarfile
@@ -363,3 +364,68 @@ def test_cutout_count_draws_that_many_boxes():
         zeroed[count] = (x[:, 0] == 0).sum((1, 2)).float()
     assert zeroed[1].max() <= 64 and zeroed[3].max() <= 192
     assert zeroed[3].mean() > 2 * zeroed[1].mean()  # overlaps and borders keep it under 3x
+
+
+# ---- rates and ranges of the augmentation, on many draws -----------------------------------------
+# Bounds are 5 standard deviations of the binomial counts: a correct implementation fails one of
+# them about once in a million runs; a wrong constant (p = 0.4 instead of 0.5, an offset range one
+# short) moves the counts by tens of standard deviations.
+
+N_DRAWS = 40000
+
+
+def within_5_sigma(count, n, p):
+    return abs(count - n * p) <= 5 * math.sqrt(n * p * (1 - p))
+
+
+def test_random_flip_mirrors_half_the_images():
+    """Would catch a wrong probability (< 0.4 or > 0.6 is ~20 sigma off) or a flip along the wrong axis."""
+    x = torch.arange(32.0).view(1, 1, 1, 32).expand(N_DRAWS, 1, 2, 32)
+    out = data_gpu.random_flip(x, torch.Generator().manual_seed(0))
+    flipped = out[:, 0, 0, 0] == 31
+    assert torch.equal(out[flipped], x[flipped].flip(3)) and torch.equal(out[~flipped], x[~flipped])
+    assert within_5_sigma(int(flipped.sum()), N_DRAWS, 0.5)
+
+
+def test_crop_offsets_are_uniform_over_all_nine_positions():
+    """Each of the 9 offsets (0..8 for pad 4) per axis, at 1/9 each: would catch randint's upper bound
+    one short (8 never drawn) or a range off by one."""
+    n = N_DRAWS
+    padded = (100 * torch.arange(40).view(1, 1, 40, 1) + torch.arange(40).view(1, 1, 1, 40)).float().expand(n, 1, 40, 40)
+    out = data_gpu.random_crop(padded, 32, torch.Generator().manual_seed(1))
+    dy, dx = (out[:, 0, 0, 0] // 100).long(), (out[:, 0, 0, 0] % 100).long()
+    for offsets in (dy, dx):
+        counts = torch.bincount(offsets, minlength=9)
+        assert len(counts) == 9 and all(within_5_sigma(int(c), n, 1 / 9) for c in counts), counts.tolist()
+
+
+def test_cutout_centres_cover_every_row_and_column_uniformly():
+    """Centres at 0..31 in both axes, 1/32 each, the last row and column included: would catch
+    randint(0, h - 1) (never the last row) or centres restricted to the inside."""
+    n = N_DRAWS
+    out = data_gpu.random_cutout(torch.ones(n, 1, 32, 32), 1, torch.Generator().manual_seed(2))
+    zero = (out[:, 0] == 0).nonzero()  # a 1x1 box: the zeroed pixel is the centre
+    assert len(zero) == n
+    for axis in (1, 2):
+        counts = torch.bincount(zero[:, axis], minlength=32)
+        assert len(counts) == 32 and counts[31] > 0 and all(within_5_sigma(int(c), n, 1 / 32) for c in counts)
+
+
+def test_an_augmented_epoch_flips_about_half_of_the_real_images(cifar):
+    """The pipeline, not just the function: with crop and Cutout off, an image comes out either as it
+    is or mirrored, about half of each, and every label stays with its image."""
+    data = data_gpu.DeviceCIFAR10(cifar, 'cpu', torch.float32, n_train=20000, n_test=10, crop_pad=0, cutout=0)
+    x, y = data.augmented_epoch()
+    plain = data_gpu.normalize(cifar['train_x'][:20000], torch.float32)
+    order = {}
+    flat = plain.flatten(1)
+    keys = {hash(row.numpy().tobytes()): i for i, row in enumerate(flat)}
+    flips = 0
+    for out_row, label in zip(x[:5000], y[:5000]):
+        i = keys.get(hash(out_row.contiguous().flatten().numpy().tobytes()))
+        if i is None:
+            i = keys[hash(out_row.flip(2).contiguous().flatten().numpy().tobytes())]
+            flips += 1
+        assert cifar['train_y'][i] == label
+        order[i] = True
+    assert len(order) == 5000 and within_5_sigma(flips, 5000, 0.5)

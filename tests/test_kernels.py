@@ -271,6 +271,16 @@ def test_huge_and_negative_zero_losses():
     assert got.order.tolist()[:2] == [3, 0] and kept_rows(got) == [3]
 
 
+def test_a_negative_loss_counts_as_zero_in_the_order_and_the_sums():
+    """Rounding can push a loss below 0: it must sort with the zeros (ties by index) and add
+    nothing. Unclamped, -2 would sort last and shrink the total to 2, so p = 1 would stop at k = 1."""
+    losses = torch.tensor([3.0, -2.0, 0.0, 1.0])
+    got, want = run_both(losses, 1.0)
+    assert_same_selection(got, want)
+    assert got.order.tolist() == [0, 3, 1, 2] and int(got.counts[0]) == 2
+    assert got.stats[0].item() == 1.0
+
+
 def test_non_finite_losses_are_kept_first_and_show_in_the_means():
     losses = torch.tensor([1.0, float('nan'), 2.0, float('inf'), -float('inf'), 0.5])
     got, want = run_both(losses, 0.5)
@@ -297,7 +307,10 @@ def test_rounding_up_and_the_cap():
 
 
 def test_min_samples_is_an_exact_ceiling():
-    assert min_samples(0.3, 10) == 3  # 0.3 * 10 = 3.0000000000000004 in floats
+    """A plain ceil(q * B) would take float noise above an integer for one more sample."""
+    assert 0.07 * 100 > 7 and 0.7 * 10 == 7.0  # 7.000000000000001: the case the guard exists for
+    assert min_samples(0.07, 100) == 7 and min_samples(0.0701, 100) == 8
+    assert min_samples(0.3, 10) == 3
     assert min_samples(0.25, 333) == 84
     assert min_samples(0.0, 512) == 0 and min_samples(1.0, 512) == 512
 
@@ -423,3 +436,10 @@ def test_fill_keeps_exactly_cap_rows_and_reports_the_rule_k():
         assert got.counts.tolist() == [6, cap] and kept_rows(got) == list(range(cap))
         torch.testing.assert_close(got.weight.cpu()[:cap], torch.full((cap,), 1 / cap))
         torch.testing.assert_close(got.stats.cpu()[2], losses[:cap].mean())
+
+
+def test_the_largest_batch_is_accepted_and_one_more_refused_before_any_launch():
+    assert selection.MAX_BATCH == 4096
+    with pytest.raises(ValueError, match='1..4096 entries'):
+        selection.select_top_loss(torch.zeros(selection.MAX_BATCH + 1, device=DEVICE), 0.5)
+    assert selection.select_num_warps(4096) == 16 and selection.select_num_warps(1024) == 4

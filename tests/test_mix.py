@@ -22,9 +22,6 @@ def test_mixed_loss_is_cross_entropy_against_the_mixed_target():
     y, partner = torch.randint(0, 10, (16,), generator=g), torch.randint(0, 10, (16,), generator=g)
     lam = 0.3
     target = lam * F.one_hot(y, 10).float() + (1 - lam) * F.one_hot(partner, 10).float()
-    torch.testing.assert_close(target.sum(1), torch.ones(16))
-    differ = y != partner
-    assert torch.allclose(target[differ, y[differ]], torch.tensor(lam)) and differ.any()
     for smoothing in (0.0, 0.1):
         smoothed = target * (1 - smoothing) + smoothing / 10
         want = F.cross_entropy(logits, smoothed, reduction='none')

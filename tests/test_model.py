@@ -179,9 +179,10 @@ def test_tta_2_averages_six_views():
     model = train.make_model(0.25, 'cpu', torch.float32).eval()
     x = torch.randn(4, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     y = torch.arange(4)
-    padded = F.pad(x, (1, 1, 1, 1), mode='reflect')
-    up_left, down_right = padded[:, :, 0:32, 0:32], padded[:, :, 2:34, 2:34]
-    assert torch.equal(up_left[:, :, 1:, 1:], x[:, :, :31, :31]) and torch.equal(down_right[:, :, :31, :31], x[:, :, 1:, 1:])
+    # the 1-pixel shifts by index, independently of F.pad: up-left takes row/column i - 1 (reflected:
+    # -1 -> 1), down-right takes i + 1 (32 -> 30)
+    up, down = torch.tensor([1] + list(range(31))), torch.tensor(list(range(1, 32)) + [30])
+    up_left, down_right = x[:, :, up][:, :, :, up], x[:, :, down][:, :, :, down]
     with torch.no_grad():
         views = [x, x.flip(3), up_left, up_left.flip(3), down_right, down_right.flip(3)]
         logits = sum(model(v.contiguous()) for v in views) / 6

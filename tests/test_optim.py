@@ -1,4 +1,6 @@
 """Optimiser tricks: parameter groups, decoupled weight decay, clipping, AGC, precision and loss scaling."""
+import math
+
 import pytest
 import torch
 import torch.nn as nn
@@ -182,12 +184,28 @@ def test_a_momentum_schedule_that_starts_at_zero_builds_and_steps():
     assert opt.param_groups[0]['nesterov'] and opt.param_groups[0]['momentum'] == 0.9
 
 
-def test_precision_modes_give_the_documented_dtypes():
-    assert train.resolve_precision('auto', 'cpu') == 'fp32' and train.resolve_precision('auto', 'cuda') == 'fp16'
-    assert train.PRECISIONS['amp'] == (torch.float32, torch.float16)
-    assert train.PRECISIONS['bf16'] == (torch.bfloat16, torch.bfloat16)
-    model = train.make_model(0.125, 'cpu', train.PRECISIONS['bf16'][0])
-    assert model.linear.weight.dtype == torch.bfloat16 and model.prep[1].weight.dtype == torch.float32
+@pytest.mark.parametrize('precision', ['fp32', 'bf16', 'amp', 'fp16'])
+def test_each_precision_trains_with_the_dtypes_it_promises(cifar, precision):
+    """One real step per --precision: the weights (and their gradients) in the promised dtype,
+    BatchNorm in fp32, the data on the device in the promised dtype, and a step that moves the
+    weights by a finite amount."""
+    h = {**train.hyp, 'precision': precision, 'batch_size': 32, 'width': 0.125}
+    weights, data_dtype = train.PRECISIONS[precision]
+    data = train.data_gpu.DeviceCIFAR10(cifar, 'cpu', data_dtype, n_train=64, n_test=10)
+    parts = train.run_parts(h, 'cpu', weights, 0, None)
+    model, opt = parts['model'], parts['opt']
+    x, y = next(data.train_batches(32))
+    assert x.dtype == {'fp32': torch.float32, 'bf16': torch.bfloat16, 'amp': torch.float16, 'fp16': torch.float16}[precision]
+    train.apply_setting(opt, {'lr': 0.1, 'momentum': 0.9, 'weight_decay': 5e-4, 'blf': 1.0}, h)
+    before = [p.detach().float().clone() for p in model.parameters()]
+    train.train_step(model, opt, x, y, h, train.epoch_totals('cpu', False), parts['scaler'])
+    conv = model.prep[0].weight
+    assert conv.dtype == conv.grad.dtype == {'fp32': torch.float32, 'bf16': torch.bfloat16, 'amp': torch.float32,
+                                             'fp16': torch.float16}[precision]
+    assert model.prep[1].weight.dtype == model.prep[1].running_mean.dtype == torch.float32
+    assert (parts['scaler'] is not None) == (precision == 'amp')
+    moved = [(p.detach().float() - b).abs().max().item() for p, b in zip(model.parameters(), before)]
+    assert all(math.isfinite(m) for m in moved) and max(moved) > 0
 
 
 TRICK_SETS = {

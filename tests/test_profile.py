@@ -30,6 +30,12 @@ def test_profile_runs_and_writes_every_section(cifar_dir, tmp_path):
         assert steps[(bs, 'forward')] < steps[(bs, 'no_data')] and steps[(bs, 'forward')] < steps[(bs, 'full')]
     shares = [r for r in rows if r['section'] == 'share_ms_per_epoch']
     assert sorted({r['config'] for r in shares}) == sorted(ablation.SHARES)
+    for bs in ('8', '16'):  # each component is a difference of its step rows, per epoch of 50,000 images
+        share = {r['config']: float(r['median_ms']) for r in shares if r['batch'] == bs}
+        steps_per_epoch = 50000 // int(bs)
+        for name, rows_of in ablation.SHARE_ROWS.items():
+            want = steps[(bs, rows_of[0])] - (steps[(bs, rows_of[1])] if len(rows_of) > 1 else 0.0)
+            assert share[name] == pytest.approx(want * steps_per_epoch), (bs, name)
     names = [r['config'] for r in rows if r['section'] == 'ablation']
     assert names == [a[0] for a in ablation.ABLATIONS]
     assert os.path.isfile(os.path.join(out, 'env.json'))
