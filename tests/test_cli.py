@@ -301,9 +301,9 @@ def test_ctrl_c_mid_run_prints_one_line_marks_the_record_and_exits_130(cifar_dir
     import subprocess
     import sys
     from conftest import REPO
-    proc = subprocess.Popen([sys.executable, str(REPO / 'train.py'), '--device', 'cpu', '--data-dir', cifar_dir,
-                             '--out-dir', str(tmp_path), '--n-train', 512, '--n-test', 100, '--epochs', 50,
-                             '--width', 0.125, '--batch-size', 128, '--runs', 3],
+    args = ['--device', 'cpu', '--data-dir', cifar_dir, '--out-dir', tmp_path, '--n-train', 512, '--n-test', 100,
+            '--epochs', 50, '--width', 0.125, '--batch-size', 128, '--runs', 3]
+    proc = subprocess.Popen([sys.executable, str(REPO / 'train.py'), *map(str, args)],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in proc.stdout:  # wait until the first run has finished and the second has begun
         if line.startswith('    1 ') and 'seed 0:' in open(next(tmp_path.iterdir()) / 'log.txt').read():
