@@ -101,14 +101,24 @@ class Context:
         return proc.returncode, ''.join(out)
 
     def train(self, out, flags, runs=None, seed=None):
-        """train.py with the stage's flags; --smoke appends the toy sizes last, so they win."""
-        cmd = [sys.executable, 'train.py', '--data-dir', self.args.data_dir, '--no-download', '--device', self.device,
+        """train.py with the stage's flags; --smoke appends the toy sizes last, so they win. With
+        several GPUs and several runs, torchrun spreads the seeds over them (one record all the same)."""
+        gpus = gpu_count() if self.device == 'cuda' and not self.smoke else 1
+        launcher = [sys.executable]
+        if gpus > 1 and (runs or 1) > 1:
+            launcher += ['-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(min(gpus, runs))]
+        cmd = [*launcher, 'train.py', '--data-dir', self.args.data_dir, '--no-download', '--device', self.device,
                '--out-dir', out, *flags]
         if runs is not None:
             cmd += ['--runs', str(min(runs, 2) if self.smoke else runs)]
         if seed is not None:
             cmd += ['--seed', str(seed)]
         self.run(cmd + (SMOKE_TRAIN if self.smoke else []))
+
+
+def gpu_count():
+    import torch
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
 
 
 def iter_lines(proc, timeout):

@@ -33,6 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import data_gpu
+import distributed
 import stats
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -810,26 +811,35 @@ def run_parts(hyp, device, dtype, seed, backend=None):
             'mixer': Mixer(hyp, device, seed) if hyp['mixup'] or hyp['cutmix'] else None}
 
 
-def train_run(hyp, data, seed, device, dtype, on_epoch, backend=None, log=print):
-    """One full training run from `seed`; on_epoch(row) gets each epoch's row. Returns the result."""
+def train_run(hyp, data, seed, device, dtype, on_epoch, backend=None, log=print, group=None):
+    """One full training run from `seed`; on_epoch(row) gets each epoch's row. Returns the result.
+    In a data-parallel run (group.data_parallel) this rank trains on its slice of each global batch
+    through DistributedDataParallel, and the clock's events sit between barriers."""
+    group = group or distributed.Group()
     torch.manual_seed(seed)
-    data.reseed(seed)
+    data.reseed(seed)  # the same augmented epochs on every rank of a data-parallel run
+    global_batch = hyp['batch_size']
+    if group.data_parallel:  # this rank's steps see its slice; lr/wd and the loss scale are unchanged
+        hyp = {**hyp, 'batch_size': global_batch // group.world, 'loss_scale': loss_scale(hyp)}
     parts = run_parts(hyp, device, dtype, seed, backend)
-    model, opt, blf, ema, scaler, mixer = (parts[k] for k in ('model', 'opt', 'blf', 'ema', 'scaler', 'mixer'))
-    steps_per_epoch = data.n_train // hyp['batch_size']
+    inner, opt, blf, ema, scaler, mixer = (parts[k] for k in ('model', 'opt', 'blf', 'ema', 'scaler', 'mixer'))
+    model = group.wrap(inner, device)
+    steps_per_epoch = data.n_train // global_batch
     settings = step_settings(hyp, steps_per_epoch)
     plateau = Plateau(hyp['plateau'], hyp['early_stop'])
     clock = Stopwatch(device)
     total, stopped_at = 0.0, None
     for epoch in range(hyp['epochs']):
+        group.barrier()
         start = clock.mark()
         epoch_settings = settings[epoch * steps_per_epoch:(epoch + 1) * steps_per_epoch]
         filtering = blf if blf is not None and epoch + 1 >= hyp['blf_start_epoch'] else None
-        totals = train_epoch(model, opt, data.train_batches(hyp['batch_size']), epoch_settings, hyp, filtering, ema,
-                             scaler, mixer)
+        batches = (group.local_batch(x, y) for x, y in data.train_batches(global_batch))
+        totals = train_epoch(model, opt, batches, epoch_settings, hyp, filtering, ema, scaler, mixer)
+        group.barrier()
         end = clock.mark()
         amp = hyp['precision'] == 'amp'
-        test = evaluate(ema.model() if ema else model, data.test_batches(hyp['eval_batch_size']), amp=amp)  # not timed
+        test = evaluate(ema.model() if ema else inner, data.test_batches(hyp['eval_batch_size']), amp=amp)  # not timed
         seconds = clock.seconds(start, end)  # the one sync of the epoch
         total += seconds
         row = epoch_row(seed, epoch + 1, epoch_settings[-1]['lr'], totals, test, seconds, total)
@@ -846,7 +856,7 @@ def train_run(hyp, data, seed, device, dtype, on_epoch, backend=None, log=print)
             log(f'# early stop after epoch {stopped_at} (--early-stop {hyp["early_stop"]})')
             break
     start = clock.mark()
-    final = evaluate(ema.model() if ema else model, data.test_batches(hyp['eval_batch_size']), tta=hyp['tta'], amp=amp)
+    final = evaluate(ema.model() if ema else inner, data.test_batches(hyp['eval_batch_size']), tta=hyp['tta'], amp=amp)
     end = clock.mark()
     eval_s = clock.seconds(start, end)
     return {'seed': seed, 'test_acc': final['correct'].item() / final['count'],
@@ -1003,6 +1013,8 @@ def parse_args(argv):
     p.add_argument('--n-train', type=int, default=None, help='use only the first N training images (default: all)')
     p.add_argument('--n-test', type=int, default=None, help='use only the first N test images (default: all)')
     p.add_argument('--out-dir', default='runs', help='a new record folder is made in here for each invocation')
+    p.add_argument('--data-parallel', action='store_true',
+                   help='under torchrun: one run, each global batch split over the ranks (default: seeds spread over them)')
     return p.parse_args(argv)
 
 
@@ -1071,6 +1083,13 @@ def check_args(args):
         raise UserError(f'--batch-size {args.batch_size} is larger than the training set ({n_train} images)')
     check_device(args.device, ' (slow: try --n-train 4000 --n-test 1000 --epochs 4 --width 0.25 --batch-size 256)')
     check_writable(args.out_dir)
+    world = int(os.environ.get('WORLD_SIZE', '1'))
+    if args.data_parallel and world == 1:
+        raise UserError('--data-parallel needs several processes: torchrun --nproc_per_node N train.py --data-parallel')
+    if args.data_parallel and args.batch_size % world:
+        raise UserError(f'--data-parallel: --batch-size {args.batch_size} does not split over {world} ranks')
+    if world > 1 and ':' in args.device:
+        raise UserError('under torchrun each rank takes the GPU cuda:LOCAL_RANK: give --device cuda')
 
 
 def check_writable(folder):
@@ -1140,6 +1159,8 @@ def main(argv=None):
     except Interrupted as e:
         print(f'interrupted: {e}', file=sys.stderr)
         return 130
+    except RankFailed:
+        return 2
     except KeyboardInterrupt:
         print('interrupted before the first run started; nothing was recorded', file=sys.stderr)
         return 130
@@ -1147,8 +1168,36 @@ def main(argv=None):
 
 
 def run(args, argv):
+    """One process, or one rank of a torchrun job (see distributed.py)."""
+    group, device_text = distributed.join(args.device, args.data_parallel)
+    try:
+        run_in_group(args, argv, group, device_text)
+    finally:
+        group.close()
+
+
+class Follower:
+    """What a rank other than 0 holds in place of a Record: it prints and writes nothing (rank 0
+    gathers its runs at the end)."""
+    path = None
+
+    def log(self, line=''):
+        pass
+
+    def append_jsonl(self, name, obj):
+        pass
+
+    def write_json(self, name, obj):
+        pass
+
+
+class RankFailed(Exception):
+    """Another rank failed; rank 0 has said so in one line, this rank only exits non-zero."""
+
+
+def run_in_group(args, argv, group, device_text):
     h = {key: getattr(args, key) for key in hyp}
-    device = use_device(args.device)
+    device = use_device(device_text)
     h['precision'] = resolve_precision(h['precision'], device)
     h['loss_scale'] = loss_scale(h)  # the record shows the value used, not 0
     dtype, data_dtype = PRECISIONS[h['precision']]
@@ -1156,38 +1205,83 @@ def run(args, argv):
         torch.backends.cudnn.benchmark = True
     backend = blf_backend(h['blf_impl'], device) if h['blf'] is not None else None
 
-    data_cpu = data_gpu.load_cifar10(args.data_dir, download=not args.no_download, log=print)
+    if not group.leader:
+        group.barrier()  # rank 0 downloads and writes the cache first; the others then read it
+    data_cpu = data_gpu.load_cifar10(args.data_dir, download=not args.no_download,
+                                     log=print if group.leader else (lambda line: None))
+    if group.leader:
+        group.barrier()
     data = data_gpu.DeviceCIFAR10(data_cpu, device, data_dtype, n_train=args.n_train, n_test=args.n_test,
                                   flip=bool(h['flip']), crop_pad=h['crop_pad'], cutout=h['cutout'],
                                   cutout_count=h['cutout_count'])
-    record = Record(args.out_dir)
+    record = Record(args.out_dir) if group.leader else Follower()
     record.write_json('config.json', {'hyp': h, 'seed': args.seed, 'runs': args.runs, 'device': str(device),
                                       'dtype': str(dtype), 'n_train': data.n_train, 'n_test': len(data.test_y),
-                                      'data_dir': os.path.abspath(args.data_dir)})
-    with open(os.path.join(record.path, 'command.txt'), 'w') as fh:
-        fh.write(shlex.join(['python', 'train.py'] + argv) + '\n')
+                                      'data_dir': os.path.abspath(args.data_dir), 'world_size': group.world,
+                                      'data_parallel': group.data_parallel})
     env = environment(device)
-    env['source'] = save_source_state(record.path)  # clean (the commit says it all), diff or copied
-    record.write_json('env.json', env)
+    if group.leader:
+        with open(os.path.join(record.path, 'command.txt'), 'w') as fh:
+            fh.write(shlex.join(['python', 'train.py'] + argv) + '\n')
+        env['source'] = save_source_state(record.path)  # clean (the commit says it all), diff or copied
+        record.write_json('env.json', env)
 
-    results = []
+    results, epochs, error = [], [], None
     try:
-        train_runs(args, argv, h, data, device, dtype, backend, record, env, results)
+        train_runs(args, argv, h, data, device, dtype, backend, record, env, results, epochs, group)
     except KeyboardInterrupt:
         finish_record(record, results, 'interrupted', args.runs)
         raise Interrupted(f'{len(results)} of {args.runs} run(s) finished; the record {record.path} keeps '
                           f'them (and the epochs of the cut run) and says it was interrupted') from None
-    except UserError:
-        finish_record(record, results, 'diverged', args.runs)
-        raise
+    except Exception as e:
+        if group.active and not group.data_parallel:  # seeds over ranks: tell rank 0, which says it
+            error = str(e) if isinstance(e, (UserError, data_gpu.DataError)) else f'{type(e).__name__}: {e}'
+        else:
+            if isinstance(e, UserError):
+                finish_record(record, results, 'diverged', args.runs)
+            if group.active:  # data-parallel: torchrun stops the other ranks
+                raise UserError(f'rank {group.rank} ({device}): {e}') from None
+            raise
+    if group.active and not group.data_parallel:
+        results = gather_runs(group, record, env, device, results, epochs, error, args.runs)
     finish_record(record, results, 'complete', args.runs)
     record.log(f'record: {record.path}')
 
 
-def finish_record(record, results, status, runs_planned):
-    """summary.json: the status (complete, interrupted, diverged), and the statistics of the runs
-    that finished, if any."""
+def gather_runs(group, record, env, device, results, epochs, error, runs_planned):
+    """Seeds over ranks: every rank's runs, epochs and error to rank 0, which writes them into the
+    one record in seed order (as one process running all the seeds would) and says which rank failed."""
+    parts = group.gather({'rank': group.rank, 'device': str(device), 'gpu': env['device'], 'results': results,
+                          'epochs': epochs, 'error': error})
+    everything = sorted((r for p in parts for r in p['results']), key=lambda r: r['seed'])
+    errors = [p for p in parts if p['error']]
+    if group.leader:
+        for part in parts[1:]:
+            for row in part['epochs']:
+                record.append_jsonl('epochs.jsonl', row)
+        for result in everything:
+            record.append_jsonl('runs.jsonl', result)
+            if result['rank'] != 0:
+                record.log(f'seed {result["seed"]} (rank {result["rank"]}, {result["device"]}): test accuracy '
+                           f'{result["test_acc"]:.4f}, time {result["time_s"]:.3f} s')
+        env['ranks'] = [{k: p[k] for k in ('rank', 'device', 'gpu')} for p in parts]
+        record.write_json('env.json', env)
+    if errors:
+        first = errors[0]
+        finish_record(record, everything, 'failed', runs_planned,
+                      errors=[{k: p[k] for k in ('rank', 'device', 'error')} for p in errors])
+        if group.leader:
+            raise UserError(f'rank {first["rank"]} ({first["device"]}): {first["error"]}')
+        raise RankFailed()
+    return everything
+
+
+def finish_record(record, results, status, runs_planned, errors=None):
+    """summary.json: the status (complete, interrupted, diverged, failed), and the statistics of
+    the runs that finished, if any."""
     summary = {'status': status, 'runs_finished': len(results), 'runs_planned': runs_planned}
+    if errors:
+        summary['errors'] = errors
     if results:
         summary.update(accuracy=stats.summarize([r['test_acc'] for r in results]),
                        time_s=stats.summarize([r['time_s'] for r in results]))
@@ -1204,12 +1298,16 @@ def finish_record(record, results, status, runs_planned):
     record.write_json('summary.json', summary)
 
 
-def train_runs(args, argv, h, data, device, dtype, backend, record, env, results):
-    """Warm-up, then the runs; each finished run is appended to `results` and to runs.jsonl."""
+def train_runs(args, argv, h, data, device, dtype, backend, record, env, results, epochs, group):
+    """Warm-up, then this rank's runs; each finished run goes to `results` (and, in one process or
+    a data-parallel run, to runs.jsonl at once), each epoch's row to `epochs` and epochs.jsonl."""
     log = record.log
     log(f'# {shlex.join(["python", "train.py"] + argv)}')
     log(f'# {env["device"]} | torch {env["torch"]} | {h["precision"]} | {data.n_train} train / {len(data.test_y)} test images '
         f'| record: {record.path}')
+    if group.active:
+        log(f'# torchrun: {group.world} ranks, ' + ('one data-parallel run over all of them' if group.data_parallel
+                                                   else 'seeds spread over them; this table is rank 0\'s'))
     log('# time = training steps (augmentation included) + final evaluation; per-epoch test evals excluded')
     for note in schedule_notes(h):
         log(note)
@@ -1220,15 +1318,19 @@ def train_runs(args, argv, h, data, device, dtype, backend, record, env, results
             f'{h["blf_impl"]} kernels' + (', RANDOM-SUBSET CONTROL' if h['subset_control'] == 'random' else ''))
 
     def on_epoch(row):
+        epochs.append(row)
         record.append_jsonl('epochs.jsonl', row)
         log(format_row(row, blf_on))
 
-    for i in range(args.runs):
-        seed = args.seed + i
-        log(f'\nrun {i + 1}/{args.runs}, seed {seed}')
+    seeds = group.my_seeds(args.seed + i for i in range(args.runs))
+    for i, seed in enumerate(seeds):
+        log(f'\nrun {i + 1}/{len(seeds)}, seed {seed}')
         log(table_header(blf_on))
-        result = train_run(h, data, seed, device, dtype, on_epoch, backend, log)
-        record.append_jsonl('runs.jsonl', result)
+        result = train_run(h, data, seed, device, dtype, on_epoch, backend, log,
+                           group if group.data_parallel else None)  # seeds over ranks: independent runs
+        result.update(rank=group.rank, device=str(device))
+        if not group.active or group.data_parallel:
+            record.append_jsonl('runs.jsonl', result)
         results.append(result)
         tta = {0: '', 1: ' (flip TTA)', 2: ' (flip + translate TTA)'}[h['tta']] + (' (EMA weights)' if h['ema'] else '')
         log(f'seed {seed}: test accuracy {result["test_acc"]:.4f}{tta}, time {result["time_s"]:.3f} s '

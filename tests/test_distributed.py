@@ -1,0 +1,109 @@
+"""torchrun with gloo on the CPU, 2 processes: seeds spread over ranks, one data-parallel run, a failing rank."""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import train
+from conftest import REPO
+
+SMALL = ['--device', 'cpu', '--n-train', 256, '--n-test', 100, '--epochs', 2, '--width', 0.125, '--batch-size', 64]
+
+
+def torchrun(script, *args, nproc=2, timeout=600):
+    cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(nproc),
+           str(REPO / script), *map(str, args)]
+    env = {**os.environ, 'PYTHONPATH': str(REPO)}  # the helper scripts in tests/ import the repo's modules
+    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def only_record(folder):
+    (record,) = list(folder.iterdir())
+    return record
+
+
+def jsonl(path):
+    return [json.loads(line) for line in open(path)]
+
+
+def without_clock(rows, drop=('rank', 'device')):
+    return [{k: v for k, v in r.items() if not k.endswith('_s') and k not in drop} for r in rows]
+
+
+def test_seeds_spread_over_two_ranks_give_the_record_one_process_gives(cifar_dir, tmp_path):
+    res = torchrun('train.py', *SMALL, '--data-dir', cifar_dir, '--runs', 3, '--seed', 5, '--out-dir', tmp_path / 'two')
+    assert res.returncode == 0, res.stderr[-3000:]
+    # one process with the one thread torchrun gives each rank: CPU kernels sum in another order with more
+    single = subprocess.run([sys.executable, str(REPO / 'train.py'), *map(str, SMALL), '--data-dir', cifar_dir,
+                             '--runs', '3', '--seed', '5', '--out-dir', str(tmp_path / 'one')], cwd=REPO,
+                            capture_output=True, text=True, timeout=600, env={**os.environ, 'OMP_NUM_THREADS': '1'})
+    assert single.returncode == 0, single.stderr
+    two, one = only_record(tmp_path / 'two'), only_record(tmp_path / 'one')
+    runs = jsonl(two / 'runs.jsonl')
+    assert [(r['seed'], r['rank']) for r in runs] == [(5, 0), (6, 1), (7, 0)]
+    assert without_clock(runs) == without_clock(jsonl(one / 'runs.jsonl'))
+    key = lambda r: (r['seed'], r['epoch'])  # noqa: E731
+    assert sorted(without_clock(jsonl(two / 'epochs.jsonl')), key=key) == \
+        sorted(without_clock(jsonl(one / 'epochs.jsonl')), key=key)
+    summary = json.load(open(two / 'summary.json'))
+    assert summary['status'] == 'complete' and summary['runs_finished'] == 3 and summary['accuracy']['n'] == 3
+    env = json.load(open(two / 'env.json'))
+    assert [r['rank'] for r in env['ranks']] == [0, 1] and all(r['device'] == 'cpu' for r in env['ranks'])
+    assert json.load(open(two / 'config.json'))['world_size'] == 2
+    assert 'seed 6 (rank 1, cpu): test accuracy' in res.stdout
+
+
+def test_a_data_parallel_step_equals_one_process_on_the_whole_batch(cifar, cifar_dir, tmp_path):
+    res = torchrun('tests/dp_step.py', cifar_dir, tmp_path / 'dp.pt')
+    assert res.returncode == 0, res.stderr[-3000:]
+    got = torch.load(tmp_path / 'dp.pt')
+    h = {**train.hyp, 'batch_size': 64, 'width': 0.125, 'precision': 'fp32', 'label_smoothing': 0.2}
+    torch.manual_seed(0)
+    model = train.make_model(h['width'], 'cpu', torch.float32)
+    for m in model.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.eval()
+    before = [p.detach().clone() for p in model.parameters()]
+    opt = train.make_optimizer(model, h)
+    train.apply_setting(opt, {'lr': 0.4, 'momentum': 0.9, 'weight_decay': 5e-4, 'blf': 1.0}, h)
+    x = train.data_gpu.normalize(cifar['train_x'][:64], torch.float32).contiguous(memory_format=torch.channels_last)
+    train.train_step(model, opt, x, cifar['train_y'][:64], h, train.epoch_totals('cpu', False))
+    for a, b, b0 in zip(got, model.parameters(), before):
+        torch.testing.assert_close(a, b.detach(), rtol=1e-4, atol=1e-6)
+    assert max((b.detach() - b0).abs().max().item() for b, b0 in zip(model.parameters(), before)) > 1e-3
+
+
+@pytest.mark.parametrize('blf', [[], ['--blf', '0.8', '--blf-start-epoch', '1', '--blf-bucket', '8']])
+def test_a_data_parallel_run_completes_with_one_record(cifar_dir, tmp_path, blf):
+    res = torchrun('train.py', *SMALL, '--data-dir', cifar_dir, '--data-parallel', '--out-dir', tmp_path, *blf)
+    assert res.returncode == 0, res.stderr[-3000:]
+    record = only_record(tmp_path)
+    runs = jsonl(record / 'runs.jsonl')
+    assert len(runs) == 1 and runs[0]['rank'] == 0 and 0 < runs[0]['test_acc'] < 1
+    config = json.load(open(record / 'config.json'))
+    assert config['data_parallel'] and config['world_size'] == 2
+    assert json.load(open(record / 'summary.json'))['status'] == 'complete'
+    assert 'one data-parallel run' in res.stdout
+
+
+def test_a_failing_rank_stops_the_job_with_one_line_and_an_incomplete_record(cifar_dir, tmp_path):
+    res = torchrun('tests/fail_rank.py', *SMALL, '--data-dir', cifar_dir, '--runs', 2, '--out-dir', tmp_path)
+    assert res.returncode != 0
+    ours = [line for line in res.stderr.splitlines() if line.startswith('error:')]
+    assert ours == ['error: rank 1 (cpu): RuntimeError: the GPU fell off the bus'], res.stderr[-3000:]
+    record = only_record(tmp_path)
+    summary = json.load(open(record / 'summary.json'))
+    assert summary['status'] == 'failed' and summary['runs_finished'] == 1
+    assert summary['errors'] == [{'rank': 1, 'device': 'cpu', 'error': 'RuntimeError: the GPU fell off the bus'}]
+
+
+def test_data_parallel_without_torchrun_and_cuda_n_under_torchrun_are_refused(tmp_path, monkeypatch, capsys):
+    assert train.main(['--device', 'cpu', '--data-parallel', '--out-dir', str(tmp_path)]) == 2
+    assert '--data-parallel needs several processes: torchrun' in capsys.readouterr().err
+    monkeypatch.setenv('WORLD_SIZE', '3')
+    assert train.main(['--device', 'cpu', '--data-parallel', '--batch-size', '512', '--out-dir', str(tmp_path)]) == 2
+    assert 'does not split over 3 ranks' in capsys.readouterr().err
+    assert os.listdir(tmp_path) == []
