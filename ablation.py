@@ -42,6 +42,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import data_gpu
+import networks
 import train
 
 LADDER = ['full', 'no_data', 'no_optimizer', 'no_bn_relu']
@@ -117,7 +118,7 @@ SETTING = {'lr': 1e-3, 'momentum': 0.9, 'weight_decay': 5e-4, 'blf': 0.9}  # the
 
 def fresh(hyp, device, dtype, **model_options):
     torch.manual_seed(0)
-    model = train.make_model(hyp['width'], device, dtype, **model_options)
+    model = networks.make_model(hyp['width'], device, dtype, **model_options)
     opt = train.make_optimizer(model, hyp)
     train.apply_setting(opt, SETTING, hyp)  # a small fixed lr: the time of a step does not depend on it
     return model, opt
@@ -219,25 +220,8 @@ def precision_ablations(hyp, device, dtype, steps):
 # The floor
 
 def count_flops(width, device):
-    """Training FLOPs per image of conv and linear layers: forward 2*MACs; backward 2x forward, except
-    the first layer, whose input needs no gradient (weight gradient only)."""
-    model = train.ResNet9(width).to(device)
-    forward = []
-
-    def hook(module, inputs, output):
-        if isinstance(module, nn.Conv2d):
-            k = module.kernel_size[0] * module.kernel_size[1]
-            macs = module.in_channels // module.groups * k * output.shape[1] * output.shape[2] * output.shape[3]
-        else:
-            macs = module.in_features * module.out_features
-        forward.append(2 * macs)
-    hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
-    with torch.no_grad():
-        model(torch.randn(1, 3, 32, 32, device=device))
-    for h in hooks:
-        h.remove()
-    backward = forward[0] + 2 * sum(forward[1:])
-    return {'forward_flops_per_image': sum(forward), 'train_flops_per_image': sum(forward) + backward}
+    """Training FLOPs per image of ResNet-9's conv and linear layers (networks.flops_per_image)."""
+    return networks.flops_per_image(networks.ResNet9(width).to(device))
 
 
 def measure_ceilings(device, reps=10):

@@ -25,6 +25,7 @@ import sys
 
 import torch
 
+import networks
 import train
 
 
@@ -61,7 +62,7 @@ def blf_work(backend, logits, labels, p=0.9, smoothing=0.0):
 def step_ms(batch, device, dtype, reps):
     """Median of --reps plain training steps of train.py at this batch size, timed as time_ms."""
     h = {**train.hyp, 'batch_size': batch}
-    model = train.make_model(1.0, device, dtype)
+    model = networks.make_model(1.0, device, dtype)
     opt = train.make_optimizer(model, h)
     # a small lr: a step's time does not depend on it
     train.apply_setting(opt, {'lr': 1e-3, 'momentum': 0.9, 'weight_decay': 5e-4, 'blf': 1.0}, h)

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 import data_gpu
 import distributed
 import stats
+from networks import make_model
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -136,55 +137,6 @@ HELP = {
 
 class UserError(Exception):
     """A mistake in the command line or the environment; main() prints it as one line."""
-
-
-# ----------------------------------------------------------------------------------------------
-# Network: Myrtle's ResNet-9 (post 4 of "How to train your ResNet")
-
-def conv_bn(c_in, c_out):
-    return nn.Sequential(nn.Conv2d(c_in, c_out, 3, padding=1, bias=False),
-                         nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
-
-
-class Residual(nn.Module):
-    def __init__(self, channels):
-        super().__init__()
-        self.body = nn.Sequential(conv_bn(channels, channels), conv_bn(channels, channels))
-
-    def forward(self, x):
-        return x + self.body(x)
-
-
-class ResNet9(nn.Module):
-    def __init__(self, width=1.0, num_classes=10, logit_scale=0.125, dropout=0.0):
-        super().__init__()
-        c1, c2, c3, c4 = (max(1, round(c * width)) for c in (64, 128, 256, 512))
-        self.prep = conv_bn(3, c1)
-        self.layer1 = nn.Sequential(conv_bn(c1, c2), nn.MaxPool2d(2), Residual(c2))
-        self.layer2 = nn.Sequential(conv_bn(c2, c3), nn.MaxPool2d(2))
-        self.layer3 = nn.Sequential(conv_bn(c3, c4), nn.MaxPool2d(2), Residual(c4))
-        self.pool = nn.AdaptiveMaxPool2d(1)
-        self.dropout = nn.Dropout(dropout) if dropout else nn.Identity()
-        self.linear = nn.Linear(c4, num_classes, bias=False)
-        self.logit_scale = logit_scale
-
-    def forward(self, x):
-        x = self.layer3(self.layer2(self.layer1(self.prep(x))))
-        return self.linear(self.dropout(self.pool(x).flatten(1))) * self.logit_scale
-
-
-def make_model(width, device, dtype, bn_fp32=True, channels_last=True, dropout=0.0):
-    """ResNet-9 with conv/linear weights in `dtype`, BatchNorm kept in fp32, memory channels_last.
-
-    fp32 BatchNorm with fp16 activations takes cuDNN's fast mixed-precision path (Myrtle post 3:
-    fp16 BN fell onto a slow path); channels_last avoids NCHW<->NHWC transposes around each conv.
-    The two switches exist for profile.py's ablations."""
-    model = ResNet9(width, dropout=dropout).to(device=device, dtype=dtype)
-    if bn_fp32:
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                m.float()
-    return model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
 
 
 # ----------------------------------------------------------------------------------------------

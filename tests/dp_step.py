@@ -8,13 +8,14 @@ import torch
 
 import data_gpu
 import distributed
+import networks
 import train
 
 cifar_dir, out = sys.argv[1], sys.argv[2]
 group, device_text = distributed.join('cpu', data_parallel=True)
 h = {**train.hyp, 'batch_size': 64, 'width': 0.125, 'precision': 'fp32', 'label_smoothing': 0.2}
 torch.manual_seed(0)
-model = train.make_model(h['width'], 'cpu', torch.float32)
+model = networks.make_model(h['width'], 'cpu', torch.float32)
 for m in model.modules():
     if isinstance(m, torch.nn.BatchNorm2d):
         m.eval()

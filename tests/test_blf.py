@@ -7,6 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import networks
 import train
 from conftest import run_script
 from kernels import reference
@@ -18,7 +19,7 @@ def setup(cifar, impl, mode, n=96, smoothing=0.1, seed=0, **extra):
     torch.manual_seed(seed)
     h = {**train.hyp, 'blf': 0.7, 'blf_mode': mode, 'blf_impl': impl, 'label_smoothing': smoothing,
          'weight_decay': 0.0, 'momentum': 0.0, **extra}
-    model = train.make_model(0.25, 'cpu', torch.float32)
+    model = networks.make_model(0.25, 'cpu', torch.float32)
     opt = train.make_optimizer(model, h)  # lr 0: step() leaves the weights, .grad keeps the gradient
     x = train.data_gpu.normalize(cifar['train_x'][:n], torch.float32).contiguous(memory_format=torch.channels_last)
     y = cifar['train_y'][:n]
@@ -248,7 +249,7 @@ def test_gpu_blf_epoch_has_no_host_sync(cifar, mode, impl):
     data = train.data_gpu.DeviceCIFAR10(cifar, 'cuda', torch.float16, n_train=10240, n_test=1000)
     backend = train.blf_backend(impl, 'cuda')
     train.warm_up(h, data, 'cuda', torch.float16, backend)
-    model = train.make_model(1.0, 'cuda', torch.float16)
+    model = networks.make_model(1.0, 'cuda', torch.float16)
     opt = train.make_optimizer(model, h)
     settings = train.step_settings(h, data.n_train // h['batch_size'])
     blf = train.BLF(h, backend, 'cuda', h['batch_size'], seed=0)

@@ -7,6 +7,7 @@ import sys
 import pytest
 import torch
 
+import networks
 import train
 from conftest import REPO
 
@@ -62,7 +63,7 @@ def test_a_data_parallel_step_equals_one_process_on_the_whole_batch(cifar, cifar
     got = torch.load(tmp_path / 'dp.pt')
     h = {**train.hyp, 'batch_size': 64, 'width': 0.125, 'precision': 'fp32', 'label_smoothing': 0.2}
     torch.manual_seed(0)
-    model = train.make_model(h['width'], 'cpu', torch.float32)
+    model = networks.make_model(h['width'], 'cpu', torch.float32)
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.eval()

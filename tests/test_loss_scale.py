@@ -8,6 +8,7 @@ summed loss of Myrtle and airbench) and hands SGD lr / scale and weight decay x 
 import pytest
 import torch
 
+import networks
 import train
 
 SETTING = {'lr': 0.0, 'momentum': 0.9, 'weight_decay': 5e-4, 'blf': 1.0}  # lr 0: .grad is all the step leaves
@@ -41,13 +42,13 @@ def fp16_vs_fp32(cifar):
     x32 = train.data_gpu.normalize(cifar['train_x'][:n], torch.float32).contiguous(memory_format=torch.channels_last)
     y = cifar['train_y'][:n]
     torch.manual_seed(0)
-    m32 = train.make_model(0.25, 'cpu', torch.float32)
+    m32 = networks.make_model(0.25, 'cpu', torch.float32)
     state = {k: v.clone() for k, v in m32.state_dict().items()}
 
     def compare(loss_scale):
         h = {**train.hyp, 'batch_size': n, 'precision': 'fp16', 'loss_scale': loss_scale}
         m32.load_state_dict(state)
-        m16 = train.make_model(0.25, 'cpu', torch.float16)
+        m16 = networks.make_model(0.25, 'cpu', torch.float16)
         m16.load_state_dict(state)
         return errors(real_step_grads(m16, x32.half(), y, h), real_step_grads(m32, x32, y, {**h, 'precision': 'fp32'}))
     return compare
@@ -76,7 +77,7 @@ def test_fp32_training_is_the_same_with_and_without_the_loss_scale(cifar):
         h = {**train.hyp, 'batch_size': 128, 'precision': 'fp32', 'loss_scale': scale, 'epochs': 1}
         torch.manual_seed(0)
         data.reseed(0)
-        model = train.make_model(0.125, 'cpu', torch.float32)
+        model = networks.make_model(0.125, 'cpu', torch.float32)
         initial = [p.detach().clone() for p in model.parameters()]
         opt = train.make_optimizer(model, h)
         settings = [{**SETTING, 'lr': 0.4}] * 6

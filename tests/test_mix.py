@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import networks
 import train
 from kernels import reference
 
@@ -68,7 +69,7 @@ def test_blf_under_mixup_trains_on_the_top_mixed_losses(cifar, impl):
     torch.manual_seed(0)
     h = {**train.hyp, 'blf': 0.7, 'blf_mode': 'mask', 'blf_impl': impl, 'label_smoothing': 0.1, 'mixup': 0.4,
          'weight_decay': 0.0, 'momentum': 0.0}
-    model = train.make_model(0.25, 'cpu', torch.float32)
+    model = networks.make_model(0.25, 'cpu', torch.float32)
     opt = train.make_optimizer(model, h)
     x = train.data_gpu.normalize(cifar['train_x'][:96], torch.float32).contiguous(memory_format=torch.channels_last)
     y = cifar['train_y'][:96]

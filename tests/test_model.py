@@ -4,6 +4,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import networks
 import train
 
 
@@ -19,7 +20,7 @@ def conv_outputs_channels_last(model, x):
 
 @pytest.mark.parametrize('dtype', [torch.float16, torch.float32])
 def test_precision_and_layout_after_setup(dtype):
-    model = train.make_model(1.0, 'cpu', dtype)
+    model = networks.make_model(1.0, 'cpu', dtype)
     bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
     convs = [m for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
     assert len(bns) == 8 and len(convs) == 9
@@ -38,17 +39,17 @@ def test_precision_and_layout_after_setup(dtype):
 
 
 def test_architecture_matches_myrtle_resnet9():
-    model = train.ResNet9()
+    model = networks.ResNet9()
     widths = [m.out_channels for m in model.modules() if isinstance(m, nn.Conv2d)]
     assert widths == [64, 128, 128, 128, 256, 512, 512, 512]
     assert model.linear.in_features == 512 and model.linear.bias is None and model.logit_scale == 0.125
     assert sum(p.numel() for p in model.parameters()) == 6573120  # 6.57 M, as Myrtle's ResNet-9
-    assert train.ResNet9(width=0.25)(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    assert networks.ResNet9(width=0.25)(torch.randn(2, 3, 32, 32)).shape == (2, 10)
 
 
 def test_one_step_lowers_the_loss_on_a_fixed_batch(cifar):
     torch.manual_seed(0)
-    model = train.make_model(0.5, 'cpu', torch.float32)
+    model = networks.make_model(0.5, 'cpu', torch.float32)
     opt = train.make_optimizer(model, {**train.hyp})
     train.apply_setting(opt, {'lr': 0.2, 'momentum': 0.9, 'weight_decay': 5e-4, 'blf': 1.0}, train.hyp)
     x = train.data_gpu.normalize(cifar['train_x'][:128], torch.float32).contiguous(memory_format=torch.channels_last)
@@ -103,7 +104,7 @@ def test_bad_schedules_are_refused(text):
 def test_the_schedule_reaches_the_optimizer_each_step(cifar):
     h = {**train.hyp, 'epochs': 2, 'momentum_schedule': train.parse_schedule('0:0.5,1:0.9'),
          'wd_schedule': train.parse_schedule('0:0,1:1e-3')}
-    model = train.make_model(0.125, 'cpu', torch.float32)
+    model = networks.make_model(0.125, 'cpu', torch.float32)
     opt = train.make_optimizer(model, h)
     data = train.data_gpu.DeviceCIFAR10(cifar, 'cpu', n_train=256, n_test=10)
     settings = train.step_settings(h, 2)
@@ -117,7 +118,7 @@ def test_the_schedule_reaches_the_optimizer_each_step(cifar):
 
 def test_evaluate_flip_tta_averages_image_and_mirror():
     torch.manual_seed(0)
-    model = train.make_model(0.25, 'cpu', torch.float32).eval()
+    model = networks.make_model(0.25, 'cpu', torch.float32).eval()
     x = torch.randn(8, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     y = torch.arange(8) % 10
     with torch.no_grad():
@@ -133,7 +134,7 @@ def test_evaluate_flip_tta_averages_image_and_mirror():
 def test_gpu_epoch_has_no_host_sync(cifar):
     data = train.data_gpu.DeviceCIFAR10(cifar, 'cuda', torch.float16, n_train=10240, n_test=1000)
     h = train.hyp
-    model = train.make_model(1.0, 'cuda', torch.float16)
+    model = networks.make_model(1.0, 'cuda', torch.float16)
     opt = train.make_optimizer(model, h)
     settings = train.step_settings(h, data.n_train // h['batch_size'])
     train.train_epoch(model, opt, data.train_batches(h['batch_size']), settings, h)  # lazy init outside the check
@@ -148,7 +149,7 @@ def test_gpu_epoch_has_no_host_sync(cifar):
 
 @pytest.mark.gpu
 def test_gpu_precision_and_layout():
-    model = train.make_model(1.0, 'cuda', torch.float16)
+    model = networks.make_model(1.0, 'cuda', torch.float16)
     x = torch.randn(16, 3, 32, 32, device='cuda').half().contiguous(memory_format=torch.channels_last)
     out, layouts = conv_outputs_channels_last(model, x)
     assert out.dtype == torch.float16 and all(layouts)
@@ -157,7 +158,7 @@ def test_gpu_precision_and_layout():
 
 def test_ema_after_one_step_equals_the_formula_and_is_kept_in_fp32(cifar):
     torch.manual_seed(0)
-    model = train.make_model(0.125, 'cpu', torch.float16)
+    model = networks.make_model(0.125, 'cpu', torch.float16)
     before = [t.detach().float().clone() for t in list(model.parameters()) + [b for b in model.buffers() if b.is_floating_point()]]
     ema = train.EMA(model, decay=0.9)
     opt = train.make_optimizer(model, train.hyp)
@@ -176,7 +177,7 @@ def test_ema_after_one_step_equals_the_formula_and_is_kept_in_fp32(cifar):
 
 def test_tta_2_averages_six_views():
     torch.manual_seed(0)
-    model = train.make_model(0.25, 'cpu', torch.float32).eval()
+    model = networks.make_model(0.25, 'cpu', torch.float32).eval()
     x = torch.randn(4, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     y = torch.arange(4)
     # the 1-pixel shifts by index, independently of F.pad: up-left takes row/column i - 1 (reflected:
@@ -203,13 +204,13 @@ def test_plateau_notes_every_n_epochs_and_stops_after_m():
 
 def test_dropout_sits_before_the_classifier_and_is_off_in_eval():
     torch.manual_seed(0)
-    model = train.make_model(0.25, 'cpu', torch.float32, dropout=0.5)
+    model = networks.make_model(0.25, 'cpu', torch.float32, dropout=0.5)
     assert isinstance(model.dropout, nn.Dropout) and model.dropout.p == 0.5
     x = torch.randn(4, 3, 32, 32).contiguous(memory_format=torch.channels_last)
     assert not torch.equal(model(x), model(x)), 'dropout is random in training mode'
     model.eval()
     assert torch.equal(model(x), model(x))
-    assert isinstance(train.make_model(0.25, 'cpu', torch.float32).dropout, nn.Identity)
+    assert isinstance(networks.make_model(0.25, 'cpu', torch.float32).dropout, nn.Identity)
 
 
 def test_early_stop_ends_the_run_and_says_so(cifar, monkeypatch):

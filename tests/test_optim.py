@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn as nn
 
+import networks
 import train
 
 # The formula tests below state the update for the gradient of the loss as written: scale 1. The
@@ -42,7 +43,7 @@ def test_param_groups_put_batchnorm_and_biases_apart():
     train.apply_setting(opt, SETTING, h)
     assert (weights['lr'], norms['lr']) == (0.1, pytest.approx(6.4))
     assert (weights['weight_decay'], norms['weight_decay']) == (0.01, 0.0)
-    resnet_groups = train.param_groups(train.ResNet9(0.25), HYP)
+    resnet_groups = train.param_groups(networks.ResNet9(0.25), HYP)
     assert len(resnet_groups[0]['params']) == 9 and len(resnet_groups[1]['params']) == 16
 
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import ablation
+import networks
 from conftest import REPO, run_script
 
 
@@ -69,7 +70,7 @@ def test_flop_count_matches_the_layer_shapes():
 
 
 def test_strip_bn_relu_leaves_convs_pools_and_additions():
-    model = ablation.strip_bn_relu(ablation.train.ResNet9(0.25))
+    model = ablation.strip_bn_relu(networks.ResNet9(0.25))
     kinds = {type(m).__name__ for m in model.modules()}
     assert 'BatchNorm2d' not in kinds and 'ReLU' not in kinds and 'Conv2d' in kinds and 'MaxPool2d' in kinds
     assert model(torch.randn(2, 3, 32, 32)).shape == (2, 10)

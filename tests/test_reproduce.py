@@ -1,6 +1,5 @@
 """reproduce.py: every stage at toy size on the CPU, the summary, the single packed file, resuming."""
 import json
-import os
 import tarfile
 
 import pytest

@@ -1,0 +1,84 @@
+"""networks.py: airbench94's net checked by hand (whitening, dirac init, BatchNorm, sizes, FLOPs)."""
+import pytest
+import torch
+import torch.nn as nn
+
+import networks
+import train
+
+
+@pytest.fixture(scope='module')
+def images(cifar):
+    return train.data_gpu.normalize(cifar['train_x'][:5000], torch.float32)
+
+
+def test_whitened_2x2_patches_have_identity_covariance(images):
+    """The frozen first layer maps 2x2 patches to outputs with covariance diag(l / (l + eps)): the
+    identity up to the eps on each eigenvalue l; its second half is the first half negated."""
+    weights = networks.patch_whitening_weights(images)
+    assert weights.shape == (24, 3, 2, 2)
+    torch.testing.assert_close(weights[12:], -weights[:12])
+    out = torch.nn.functional.conv2d(images.double(), weights[:12].double())  # [N, 12, 31, 31]
+    cov = torch.cov(out.permute(1, 0, 2, 3).reshape(12, -1))
+    patches = images.double().unfold(2, 2, 1).unfold(3, 2, 1).permute(0, 2, 3, 1, 4, 5).reshape(-1, 12)
+    eigenvalues = torch.linalg.eigvalsh(torch.cov(patches.T))
+    # the filters are stored in fp32: off-diagonal terms of ~1e-6 are their rounding
+    torch.testing.assert_close(cov, torch.diag(eigenvalues / (eigenvalues + 5e-4)), atol=1e-5, rtol=1e-5)
+    assert torch.diagonal(cov)[-6:].min() > 0.99, 'the main directions come out with unit variance'
+
+
+def test_airbench_convs_start_as_identities_on_their_first_channels():
+    torch.manual_seed(0)
+    net = networks.AirbenchNet()
+    group = net.groups[0]
+    x = torch.randn(2, 24, 8, 8)
+    torch.testing.assert_close(group.conv1(x)[:, :24], x)  # 24 -> 64: channels 0..23 pass through
+    y = torch.randn(2, 64, 8, 8)
+    torch.testing.assert_close(group.conv2(y), y)  # 64 -> 64: the identity
+    assert group.conv1.weight[24:].abs().sum() > 0, 'the filters beyond the inputs keep the default init'
+
+
+def test_airbench_batchnorm_and_frozen_parameters():
+    net = networks.AirbenchNet()
+    bns = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert len(bns) == 6
+    assert all(bn.momentum == 0.4 and bn.eps == 1e-12 and not bn.weight.requires_grad and bn.bias.requires_grad
+               for bn in bns)
+    assert not net.whiten.weight.requires_grad and net.whiten.bias.requires_grad
+    assert net.linear.bias is None and net.logit_scale == pytest.approx(1 / 9)
+
+
+def test_airbench_parameter_count_by_hand():
+    whiten = 24 * 3 * 2 * 2 + 24
+    group1 = 24 * 64 * 9 + 64 * 64 * 9 + 2 * 2 * 64
+    group2 = 64 * 256 * 9 + 256 * 256 * 9 + 2 * 2 * 256
+    group3 = 256 * 256 * 9 + 256 * 256 * 9 + 2 * 2 * 256
+    head = 256 * 10
+    assert sum(p.numel() for p in networks.AirbenchNet().parameters()) == whiten + group1 + group2 + group3 + head
+
+
+def test_flops_per_image_and_per_run_by_hand():
+    """Forward MACs per image, layer by layer (output pixels x output channels x input channels x 9),
+    and the paper's total: about 3.6e14 FLOP for 9.9 epochs and the 6-view evaluation."""
+    macs = [31 * 31 * 24 * 3 * 4,                                  # whitening, 2x2, 32 -> 31
+            31 * 31 * 64 * 24 * 9, 15 * 15 * 64 * 64 * 9,           # group 1 (pool 31 -> 15)
+            15 * 15 * 256 * 64 * 9, 7 * 7 * 256 * 256 * 9,          # group 2 (15 -> 7)
+            7 * 7 * 256 * 256 * 9, 3 * 3 * 256 * 256 * 9,           # group 3 (7 -> 3)
+            256 * 10]                                               # head
+    flops = networks.flops_per_image(networks.AirbenchNet())
+    assert flops['forward_flops_per_image'] == 2 * sum(macs)
+    assert flops['train_flops_per_image'] == 2 * sum(macs) + 2 * 2 * sum(macs[1:])  # the whitening is frozen
+    per_run = 9.9 * 50000 * flops['train_flops_per_image'] + 6 * 10000 * flops['forward_flops_per_image']
+    assert per_run == pytest.approx(3.6e14, rel=0.03)
+    resnet = networks.flops_per_image(networks.ResNet9())
+    assert resnet['train_flops_per_image'] / flops['train_flops_per_image'] == pytest.approx(3.2, abs=0.1)
+
+
+@pytest.mark.parametrize('dtype', [torch.float32, torch.bfloat16])
+def test_make_model_builds_airbench_in_the_run_precision(images, dtype):
+    model = networks.make_model(0.25, 'cpu', dtype, net='airbench94')
+    model.init_whitening(images[:500])
+    assert model.whiten.weight.dtype == dtype and model.groups[0].norm1.weight.dtype == torch.float32
+    x = images[:4].to(dtype).contiguous(memory_format=torch.channels_last)
+    out = model(x)
+    assert out.shape == (4, 10) and torch.isfinite(out.float()).all()
