@@ -1,6 +1,7 @@
 """torchrun with gloo on the CPU, 2 processes: seeds spread over ranks, one data-parallel run, a failing rank."""
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -14,11 +15,20 @@ from conftest import REPO
 SMALL = ['--device', 'cpu', '--n-train', 256, '--n-test', 100, '--epochs', 2, '--width', 0.125, '--batch-size', 64]
 
 
-def torchrun(script, *args, nproc=2, timeout=600):
+def torchrun(script, *args, nproc=2, timeout=300):
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(nproc),
            str(REPO / script), *map(str, args)]
     env = {**os.environ, 'PYTHONPATH': str(REPO)}  # the helper scripts in tests/ import the repo's modules
-    return subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout, env=env)
+    # a session of its own, so that a hang ends with every rank killed, not only the launcher
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 def only_record(folder):
