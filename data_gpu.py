@@ -335,15 +335,26 @@ class DeviceCIFAR10:
 
     def reseed(self, seed):
         self.gen.manual_seed(seed)
+        self.epoch, self.flip_mask = 0, None
 
     def augmented_epoch(self):
-        """The whole training set, shuffled and augmented: (images [N,3,32,32], labels [N])."""
+        """The whole training set, shuffled and augmented: (images [N,3,32,32], labels [N]).
+
+        flip = 1: each image mirrored with probability 1/2, drawn afresh each epoch. flip = 2,
+        airbench's alternating flip: the first epoch draws each image's flip at random, and every
+        later epoch mirrors exactly the images the epoch before did not, so every image is seen both
+        ways in any two consecutive epochs."""
         perm = torch.randperm(self.n_train, device=self.device, generator=self.gen)
         x, y = self.train_padded[perm], self.train_y[perm]
         if self.crop_pad:
             x = random_crop(x, 32, self.gen)
-        if self.flip:
+        if self.flip == 2:
+            if self.flip_mask is None:
+                self.flip_mask = torch.rand(self.n_train, device=self.device, generator=self.gen) < 0.5
+            x = flip(x, self.flip_mask[perm] ^ bool(self.epoch % 2))
+        elif self.flip:
             x = random_flip(x, self.gen)
+        self.epoch += 1
         for _ in range(self.cutout_count if self.cutout else 0):
             x = random_cutout(x, self.cutout, self.gen)
         return x.contiguous(memory_format=self.memory_format), y

@@ -63,13 +63,13 @@ hyp = {
     'label_smoothing': 0.0,    # cross-entropy label smoothing
     'width': 1.0,              # channel multiplier: 1.0 = 64/128/256/512 channels
     'crop_pad': 4,             # pixels of reflect padding for random crops (0 = no crop)
-    'flip': 1,                 # random left-right flips (0 = off)
+    'flip': 1,                 # left-right flips: 1 = random each epoch, 2 = alternating (airbench), 0 = off
     'cutout': 8,               # Cutout box side in pixels (0 = off)
     'cutout_count': 1,         # Cutout boxes per image
     'dropout': 0.0,            # dropout rate before the classifier
     'mixup': 0.0,              # Mixup: lambda ~ Beta(a, a) per batch (0 = off)
     'cutmix': 0.0,             # CutMix: lambda ~ Beta(a, a) per batch, a box of area (1 - lambda) pasted (0 = off)
-    'tta': 1,                  # final evaluation: 0 = plain, 1 = + mirror image, 2 = + 1-pixel translations of both
+    'tta': 1,                  # final evaluation: 0 = plain, 1 = + mirror image, 2 = + 1-pixel translations of both, 3 = 2 weighted
     'ema': 0.0,                # decay per step of an exponential moving average of the weights (0 = off); evaluate with it
     'plateau': 3,              # print a line when the test loss has not improved for this many epochs (0 = never)
     'early_stop': 0,           # stop when the test loss has not improved for this many epochs (0 = never)
@@ -110,13 +110,15 @@ HELP = {
     'label_smoothing': 'label smoothing of the cross-entropy, in [0, 1)',
     'width': 'channel multiplier of the network (1.0 = 64/128/256/512); below 1 for quick CPU runs',
     'crop_pad': 'reflect padding before random 32x32 crops, in pixels (0 = no crop)',
-    'flip': 'random horizontal flips: 1 = on, 0 = off',
+    'flip': 'horizontal flips: 1 = random each epoch, 2 = alternating (random in the first epoch, then each image '
+            'mirrored on every other epoch), 0 = off',
     'cutout': 'side of the Cutout square in pixels, clipped at the borders (0 = off)',
     'cutout_count': 'Cutout squares per image',
     'dropout': 'dropout rate before the final linear layer',
     'mixup': 'Mixup with lambda ~ Beta(a, a) drawn per batch (0 = off)',
     'cutmix': 'CutMix with lambda ~ Beta(a, a) drawn per batch (0 = off; not together with --mixup)',
-    'tta': 'test-time augmentation of the final evaluation: 0 = none, 1 = flip, 2 = flip and 1-pixel translations',
+    'tta': 'test-time augmentation of the final evaluation: 0 = none, 1 = flip, 2 = flip and 1-pixel translations, '
+           '3 = those six views weighted as airbench94 (1/2 for the plain pair, 1/4 for each shifted pair)',
     'ema': 'decay per step of an exponential moving average of the weights, evaluated instead of them (0 = off)',
     'plateau': 'print a line when the test loss has not improved for this many epochs (0 = never)',
     'early_stop': 'stop when the test loss has not improved for this many epochs (0 = never; it watches the '
@@ -405,14 +407,24 @@ def train_epoch(model, opt, batches, settings, hyp, blf=None, ema=None, scaler=N
 
 def tta_views(x, level):
     """The views whose logits are averaged: level 0 the image; 1 and its mirror; 2 each of those
-    also shifted one pixel up-left and down-right (reflect padding), six views in all."""
+    also shifted one pixel up-left and down-right (reflect padding), six views in all; 3 the same
+    six views as airbench weighs them (tta_weights)."""
     views = [x] if level == 0 else [x, x.flip(3)]
-    if level == 2:
+    if level >= 2:
         padded = F.pad(x, (1, 1, 1, 1), mode='reflect')
         for shifted in (padded[:, :, :-2, :-2], padded[:, :, 2:, 2:]):
             shifted = shifted.contiguous(memory_format=torch.channels_last)
             views += [shifted, shifted.flip(3)]
     return views
+
+
+def tta_weights(level):
+    """Each view's weight: equal, except at level 3 (airbench94): 1/2 for the unshifted pair and
+    1/4 for each shifted pair, split evenly within a pair."""
+    if level == 3:
+        return [0.25, 0.25, 0.125, 0.125, 0.125, 0.125]
+    n = {0: 1, 1: 2, 2: 6}[level]
+    return [1 / n] * n
 
 
 @torch.no_grad()
@@ -424,9 +436,9 @@ def evaluate(model, batches, tta=0, amp=False):
     correct = torch.zeros((), device=device)
     count = 0
     for x, y in batches:
-        views = tta_views(x, tta)
+        views, weights = tta_views(x, tta), tta_weights(tta)
         with torch.autocast(x.device.type, dtype=torch.float16, enabled=amp):
-            logits = sum(model(v).float() for v in views) / len(views)
+            logits = sum(w * model(v).float() for w, v in zip(weights, views))
         loss += F.cross_entropy(logits, y, reduction='sum')
         correct += (logits.argmax(1) == y).sum()
         count += len(y)
@@ -995,7 +1007,7 @@ def check_args(args):
         (0 <= args.label_smoothing < 1, f'--label-smoothing must be in [0, 1), got {args.label_smoothing}'),
         (args.width > 0, f'--width must be positive, got {args.width}'),
         (0 <= args.crop_pad <= 16, f'--crop-pad must be in 0..16, got {args.crop_pad}'),
-        (args.flip in (0, 1), f'--flip must be 0 or 1, got {args.flip}'),
+        (args.flip in (0, 1, 2), f'--flip must be 0, 1 or 2, got {args.flip}'),
         (0 <= args.cutout <= 32, f'--cutout must be in 0..32, got {args.cutout}'),
         (args.cutout_count >= 1, f'--cutout-count must be at least 1, got {args.cutout_count}'),
         (0 <= args.dropout < 1, f'--dropout must be in [0, 1), got {args.dropout}'),
@@ -1003,7 +1015,7 @@ def check_args(args):
         (not (args.mixup and args.cutmix), '--mixup and --cutmix: choose one'),
         (args.plateau >= 0, f'--plateau must be >= 0, got {args.plateau}'),
         (args.early_stop >= 0, f'--early-stop must be >= 0, got {args.early_stop}'),
-        (args.tta in (0, 1, 2), f'--tta must be 0, 1 or 2, got {args.tta}'),
+        (args.tta in (0, 1, 2, 3), f'--tta must be 0, 1, 2 or 3, got {args.tta}'),
         (0 <= args.ema < 1, f'--ema must be in [0, 1), got {args.ema}'),
         (args.eval_batch_size >= 1, f'--eval-batch-size must be at least 1, got {args.eval_batch_size}'),
         (args.runs >= 1, f'--runs must be at least 1, got {args.runs}'),
@@ -1164,7 +1176,7 @@ def run_in_group(args, argv, group, device_text):
     if group.leader:
         group.barrier()
     data = data_gpu.DeviceCIFAR10(data_cpu, device, data_dtype, n_train=args.n_train, n_test=args.n_test,
-                                  flip=bool(h['flip']), crop_pad=h['crop_pad'], cutout=h['cutout'],
+                                  flip=h['flip'], crop_pad=h['crop_pad'], cutout=h['cutout'],
                                   cutout_count=h['cutout_count'])
     record = Record(args.out_dir) if group.leader else Follower()
     record.write_json('config.json', {'hyp': h, 'seed': args.seed, 'runs': args.runs, 'device': str(device),
@@ -1284,7 +1296,7 @@ def train_runs(args, argv, h, data, device, dtype, backend, record, env, results
         if not group.active or group.data_parallel:
             record.append_jsonl('runs.jsonl', result)
         results.append(result)
-        tta = {0: '', 1: ' (flip TTA)', 2: ' (flip + translate TTA)'}[h['tta']] + (' (EMA weights)' if h['ema'] else '')
+        tta = {0: '', 1: ' (flip TTA)', 2: ' (flip + translate TTA)', 3: ' (weighted 6-view TTA)'}[h['tta']] + (' (EMA weights)' if h['ema'] else '')
         log(f'seed {seed}: test accuracy {result["test_acc"]:.4f}{tta}, time {result["time_s"]:.3f} s '
             f'(train {result["train_s"]:.3f} s + final eval {result["eval_s"]:.3f} s)')
 

@@ -35,7 +35,7 @@ def one_line_error(res, pattern):
     (['--n-train', '1000', '--batch-size', '1024', '--device', 'cpu'], 'larger than the training set (1000 images)'),
     (['--epochs', 'many'], "invalid int value: 'many'"),
     (['--lr', '-1'], '--lr must be positive'),
-    (['--tta', '3'], '--tta must be 0, 1 or 2'),
+    (['--tta', '4'], '--tta must be 0, 1, 2 or 3'),
     (['--ema', '1'], '--ema must be in [0, 1)'),
     (['--dropout', '-0.1'], '--dropout must be in [0, 1)'),
     (['--cutout-count', '0'], '--cutout-count must be at least 1'),

@@ -429,3 +429,40 @@ def test_an_augmented_epoch_flips_about_half_of_the_real_images(cifar):
         assert cifar['train_y'][i] == label
         order[i] = True
     assert len(order) == 5000 and within_5_sigma(flips, 5000, 0.5)
+
+
+def test_alternating_flip_mirrors_each_image_on_every_other_epoch_exactly():
+    """--flip 2 (airbench): random in the first epoch, then each image flipped exactly when it was
+    not flipped the epoch before. Would catch a mask not indexed by the shuffled order, a mask
+    redrawn each epoch, or a counter not reset by reseed."""
+    n = 600
+    x = torch.zeros(n, 3, 32, 32, dtype=torch.uint8)
+    x[:, 0, 0, 0] = (torch.arange(n) // 256).to(torch.uint8)  # the image's index, in its top-left pixel
+    x[:, 1, 0, 0] = (torch.arange(n) % 256).to(torch.uint8)
+    x[:, 2, 0, 0] = 255                                       # a marker: top-left unless mirrored
+    data = data_gpu.DeviceCIFAR10({'train_x': x, 'train_y': torch.arange(n) % 10, 'test_x': x[:10],
+                                   'test_y': torch.zeros(10, dtype=torch.int64)},
+                                  'cpu', torch.float64, flip=2, crop_pad=0, cutout=0, channels_last=False)
+    mean, std = torch.tensor(data_gpu.MEAN, dtype=torch.float64), torch.tensor(data_gpu.STD, dtype=torch.float64)
+
+    def flips_by_index():
+        images, labels = data.augmented_epoch()
+        raw = (images * std.view(1, 3, 1, 1) + mean.view(1, 3, 1, 1)).round()
+        mirrored = raw[:, 2, 0, 31] == 255
+        corner = torch.where(mirrored, 31, 0)
+        index = (raw[torch.arange(n), 0, 0, corner] * 256 + raw[torch.arange(n), 1, 0, corner]).long()
+        assert torch.equal(labels, index % 10) and sorted(index.tolist()) == list(range(n))
+        out = torch.zeros(n, dtype=torch.bool)
+        out[index] = mirrored
+        return out
+
+    for seed in (0, 1):
+        data.reseed(seed)
+        epochs = [flips_by_index() for _ in range(4)]
+        assert within_5_sigma(int(epochs[0].sum()), n, 0.5)
+        for before, after in zip(epochs, epochs[1:]):
+            assert torch.equal(after, ~before)
+        if seed == 0:
+            first = epochs[0]
+        else:
+            assert not torch.equal(epochs[0], first), 'a new seed draws new flips'

@@ -229,3 +229,23 @@ def test_early_stop_ends_the_run_and_says_so(cifar, monkeypatch):
                      '# test loss has not improved for 2 epochs (best 1.1000 at epoch 1)',
                      '# early stop after epoch 3 (--early-stop 2)']
     assert calls == [0, 0, 0, h['tta']], 'three epoch evaluations, then the final one'
+
+
+def test_tta_3_weighs_the_plain_pair_half_and_each_shifted_pair_a_quarter():
+    """airbench94's weights, checked on a network whose logits are known per view: a constant
+    output per view makes the weighted mean a hand sum. Would catch equal weights (1/6 each)."""
+    views = train.tta_views(torch.zeros(1, 3, 32, 32), 3)
+    assert len(views) == 6 and sum(train.tta_weights(3)) == 1.0
+    outputs = iter(torch.tensor([[6.0, 0.0]]) * k for k in range(1, 7))
+
+    class Known(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.p = torch.nn.Parameter(torch.zeros(1))
+
+        def forward(self, x):
+            return next(outputs)
+    res = train.evaluate(Known(), [(torch.zeros(1, 3, 32, 32), torch.tensor([1]))], tta=3)
+    mean = 0.25 * 6 + 0.25 * 12 + 0.125 * (18 + 24 + 30 + 36)  # 18 (equal weights: 21)
+    want = torch.nn.functional.cross_entropy(torch.tensor([[mean, 0.0]]), torch.tensor([1]), reduction='sum')
+    torch.testing.assert_close(res['loss'], want)
