@@ -333,6 +333,11 @@ class DeviceCIFAR10:
     def n_train(self):
         return len(self.train_y)
 
+    def first_images(self, n):
+        """The first n training images as they are (normalised, not augmented), e.g. for whitening."""
+        p = self.crop_pad
+        return self.train_padded[:n, :, p:p + 32, p:p + 32] if p else self.train_padded[:n]
+
     def reseed(self, seed):
         self.gen.manual_seed(seed)
         self.epoch, self.flip_mask = 0, None

@@ -55,8 +55,13 @@ class Lookahead:
 
     def __init__(self, params, total_steps, every=5, decay=0.95):
         self.params = [p for p in params]
-        self.slow = [p.detach().clone() for p in self.params]
         self.total, self.every, self.decay, self.t = total_steps, every, decay, 0
+        self.restart()
+
+    @torch.no_grad()
+    def restart(self):
+        """Slow weights from the weights as they are now (after an initialisation from data)."""
+        self.slow = [p.detach().clone() for p in self.params]
 
     @torch.no_grad()
     def step(self):

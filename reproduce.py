@@ -239,6 +239,16 @@ def stage_profile(ctx):
     return {'folder': folder}, f'see profile/{folder}/profile.md'
 
 
+def stage_recipes(ctx):
+    """The leaderboard recipes that exist so far (recipes.py), n = 5 each; the default (myrtle) is the core stage's."""
+    figures = {}
+    for name in ('airbench94',):
+        out = os.path.join(ctx.dir, name)
+        ctx.train(out, ['--recipe', name], runs=5)
+        figures[name] = group_figures(out)
+    return figures, '; '.join(describe(name, fig) for name, fig in figures.items())
+
+
 def stage_ladder(ctx):
     """The tricks' ablation ladder, n = 3 per rung."""
     figures = {}
@@ -260,6 +270,8 @@ STAGES = {
     'blf': (stage_blf, 'whether BatchLossFilter saves time at equal accuracy, against a random subset of the '
                        'same size (n=3 each, 30 epochs)', 8, False),
     'profile': (stage_profile, 'where the time of a step goes, and the distance from the hardware floor', 3, False),
+    'recipes': (stage_recipes, 'the leaderboard recipes on this repo\'s data path: accuracy and time (n=5), to set beside '
+                               'the published figures', 3, False),
     'ladder': (stage_ladder, 'what each trick adds to accuracy and time (n=3 per rung)', 8, False),
 }
 

@@ -34,6 +34,8 @@ import torch.nn.functional as F
 
 import data_gpu
 import distributed
+import optimizers
+import recipes
 import stats
 from networks import make_model
 
@@ -43,11 +45,14 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 # Hyperparameters (every one is a flag of the same name with - for _)
 
 hyp = {
-    'epochs': 24,              # passes over the training set (Myrtle's ResNet-9 recipe: 24)
+    'net': 'resnet9',          # resnet9 (Myrtle) or airbench94 (networks.py)
+    'epochs': 24,              # passes over the training set (Myrtle's ResNet-9 recipe: 24); may be fractional
     'batch_size': 512,         # images per optimizer step
     'lr': 0.4,                 # peak learning rate for the batch-mean loss (= Myrtle's 0.4/512 per image on the summed loss)
     'loss_scale': 0.0,         # backward runs on loss * this, the optimizer gets lr / it and wd * it (0 = auto: the batch size)
-    'lr_peak': 5 / 24,         # fraction of training where the lr peaks: 0 -> lr linearly, then linearly -> 0 at the end
+    'lr_peak': 5 / 24,         # fraction of training where the lr peaks: lr_start*lr -> lr linearly, then -> lr_end*lr
+    'lr_start': 0.0,           # the lr at the first step, as a fraction of --lr (airbench94: 0.2)
+    'lr_end': 0.0,             # the lr at the last step, as a fraction of --lr (airbench94: 0.07)
     'lr_schedule': None,       # knots 'epoch:lr,...' (piecewise linear), overriding lr and lr_peak
     'momentum_schedule': None, # knots 'epoch:momentum,...'; None = constant momentum
     'wd_schedule': None,       # knots 'epoch:weight_decay,...'; None = constant weight_decay
@@ -55,7 +60,7 @@ hyp = {
     'weight_decay': 5e-4,      # on all parameters, for the batch-mean loss (= Myrtle's 5e-4*512 on the summed loss)
     'wd_mode': 'l2',           # l2: added to the gradient (Myrtle); decoupled: w -= lr*wd*w apart from it (SGDW/AdamW)
     'optimizer': 'sgd',        # sgd (Nesterov) or adam
-    'bn_weight_decay': 1,      # 0: no weight decay on BatchNorm parameters (and biases)
+    'bn_weight_decay': 1,      # weight-decay multiplier for BatchNorm parameters and biases (0: none)
     'bn_lr_scale': 1.0,        # learning-rate multiplier for BatchNorm parameters (and biases)
     'clip_norm': 0.0,          # clip the global gradient norm to this (0 = off)
     'agc': 0.0,                # adaptive gradient clipping: per layer, ||g|| <= agc * ||w|| (0 = off)
@@ -70,6 +75,8 @@ hyp = {
     'mixup': 0.0,              # Mixup: lambda ~ Beta(a, a) per batch (0 = off)
     'cutmix': 0.0,             # CutMix: lambda ~ Beta(a, a) per batch, a box of area (1 - lambda) pasted (0 = off)
     'tta': 1,                  # final evaluation: 0 = plain, 1 = + mirror image, 2 = + 1-pixel translations of both, 3 = 2 weighted
+    'whiten_bias_epochs': 0.0, # airbench94 net: the whitening layer's bias trains for this many epochs, then freezes
+    'lookahead': 0,            # 1: airbench's lookahead (every 5 steps, decay 0.95^5 (t/T)^3), weights handed over at the end
     'ema': 0.0,                # decay per step of an exponential moving average of the weights (0 = off); evaluate with it
     'plateau': 3,              # print a line when the test loss has not improved for this many epochs (0 = never)
     'early_stop': 0,           # stop when the test loss has not improved for this many epochs (0 = never)
@@ -88,13 +95,16 @@ hyp = {
 }
 
 HELP = {
-    'epochs': 'passes over the training set',
+    'net': 'network: resnet9 (Myrtle) or airbench94 (2x2 whitening, three conv groups; see networks.py)',
+    'epochs': 'passes over the training set (fractional: the last epoch stops part way, as airbench94\'s 9.9)',
     'batch_size': 'images per optimizer step',
     'lr': 'peak learning rate for the batch-mean loss (whatever --loss-scale is: the optimizer gets lr / scale)',
     'loss_scale': 'back-propagate the batch-mean loss times this and hand the optimizer lr / scale and weight decay '
                   'x scale: the same SGD trajectory, but fp16 gradients stay in range; 0 = auto: the batch size '
                   '(Myrtle\'s summed loss) for SGD, 1 under --precision amp (its own scaler) or Adam',
-    'lr_peak': 'fraction of training at which the linear warm-up ends and the linear decay to 0 starts',
+    'lr_peak': 'fraction of training at which the linear warm-up ends and the linear decay starts',
+    'lr_start': 'lr at the first step as a fraction of --lr (the warm-up starts there)',
+    'lr_end': 'lr at the last step as a fraction of --lr (the decay ends there)',
     'lr_schedule': 'piecewise-linear lr over epochs, e.g. 0:0,5:0.4,24:0 (overrides --lr and --lr-peak)',
     'momentum_schedule': 'piecewise-linear momentum over epochs, e.g. 0:0.85,5:0.95,24:0.9',
     'wd_schedule': 'piecewise-linear weight decay over epochs, e.g. 0:5e-4,20:0',
@@ -102,7 +112,7 @@ HELP = {
     'weight_decay': 'weight decay for the batch-mean loss (the optimizer gets wd x --loss-scale)',
     'wd_mode': 'l2 (added to the gradient) or decoupled (w -= lr * wd * w: SGDW, AdamW)',
     'optimizer': 'sgd (Nesterov momentum) or adam (needs fp32 weights: --precision amp or fp32)',
-    'bn_weight_decay': '1: weight decay on BatchNorm parameters and biases too; 0: not on them',
+    'bn_weight_decay': 'weight-decay multiplier for BatchNorm parameters and biases (1: as the weights; 0: none)',
     'bn_lr_scale': 'learning-rate multiplier for BatchNorm parameters and biases',
     'clip_norm': 'clip the global gradient norm to this value (0 = off)',
     'agc': 'adaptive gradient clipping: scale each layer\'s gradient so ||g|| <= agc * ||w|| (0 = off)',
@@ -119,6 +129,8 @@ HELP = {
     'cutmix': 'CutMix with lambda ~ Beta(a, a) drawn per batch (0 = off; not together with --mixup)',
     'tta': 'test-time augmentation of the final evaluation: 0 = none, 1 = flip, 2 = flip and 1-pixel translations, '
            '3 = those six views weighted as airbench94 (1/2 for the plain pair, 1/4 for each shifted pair)',
+    'whiten_bias_epochs': 'airbench94 net: train the whitening layer\'s bias for this many epochs, then freeze it',
+    'lookahead': '1: lookahead (every 5 steps the slow weights move to the fast ones with decay 0.95^5 (t/T)^3)',
     'ema': 'decay per step of an exponential moving average of the weights, evaluated instead of them (0 = off)',
     'plateau': 'print a line when the test loss has not improved for this many epochs (0 = never)',
     'early_stop': 'stop when the test loss has not improved for this many epochs (0 = never; it watches the '
@@ -272,7 +284,7 @@ def piecewise_linear(knots, t):
 def schedules(hyp):
     """The knots of every scheduled hyperparameter; unscheduled ones are constant."""
     epochs, peak = hyp['epochs'], hyp['lr_peak'] * hyp['epochs']
-    return {'lr': hyp['lr_schedule'] or [(0, 0.0), (peak, hyp['lr']), (epochs, 0.0)],
+    return {'lr': hyp['lr_schedule'] or [(0, hyp['lr_start'] * hyp['lr']), (peak, hyp['lr']), (epochs, hyp['lr_end'] * hyp['lr'])],
             'momentum': hyp['momentum_schedule'] or [(0, hyp['momentum'])],
             'weight_decay': hyp['wd_schedule'] or [(0, hyp['weight_decay'])],
             'blf': hyp['blf_schedule'] or [(0, hyp['blf'] or 1.0)]}
@@ -283,7 +295,12 @@ def step_settings(hyp, steps_per_epoch):
     shapes stretch with --epochs (the default lr: 0 -> lr at lr_peak, then -> 0 at the end)."""
     knots = schedules(hyp)
     return [{name: piecewise_linear(k, step / steps_per_epoch) for name, k in knots.items()}
-            for step in range(hyp['epochs'] * steps_per_epoch)]
+            for step in range(total_steps(hyp, steps_per_epoch))]
+
+
+def total_steps(hyp, steps_per_epoch):
+    """Steps of a run: --epochs may be fractional (airbench94: 9.9), the last epoch then stops early."""
+    return round(hyp['epochs'] * steps_per_epoch)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -388,7 +405,7 @@ def epoch_totals(device, blf_on):
     return totals
 
 
-def train_epoch(model, opt, batches, settings, hyp, blf=None, ema=None, scaler=None, mixer=None):
+def train_epoch(model, opt, batches, settings, hyp, blf=None, ema=None, scaler=None, mixer=None, lookahead=None):
     """One pass over `batches`; per step, `settings` gives lr, momentum, weight decay and BLF's p
     (host floats, so nothing syncs); BLF steps when `blf` is given. Returns device tensors."""
     totals = epoch_totals(next(model.parameters()).device, blf is not None)
@@ -402,6 +419,8 @@ def train_epoch(model, opt, batches, settings, hyp, blf=None, ema=None, scaler=N
             blf_train_step(model, opt, x, y, hyp, totals, blf, scaler, mix)
         if ema is not None:
             ema.update()
+        if lookahead is not None:
+            lookahead.step()
     return totals
 
 
@@ -454,8 +473,13 @@ class EMA:
     def __init__(self, model, decay):
         self.decay = decay
         self.tensors = list(model.parameters()) + [b for b in model.buffers() if b.is_floating_point()]
-        self.shadow = [t.detach().float().clone() for t in self.tensors]
+        self.restart()
         self.copy = copy.deepcopy(model)
+
+    @torch.no_grad()
+    def restart(self):
+        """Start the average from the weights as they are now."""
+        self.shadow = [t.detach().float().clone() for t in self.tensors]
 
     @torch.no_grad()
     def update(self):
@@ -705,11 +729,12 @@ def warm_up(hyp, data, device, dtype, backend=None, steps=3):
     batches from data.train_batches, in two epochs (the second reuses the first's memory, as the
     run's epochs do), then every compact kept-batch size and the evaluation shapes. The model and
     optimiser are thrown away; train_run reseeds the data, so the runs' streams do not depend on it."""
-    parts = run_parts(hyp, device, dtype, 12345, backend)
+    parts = run_parts(hyp, device, dtype, 12345, backend, steps=4 * steps)
     model, opt, blf = parts['model'], parts['opt'], parts['blf']
-    extras = {k: parts[k] for k in ('ema', 'scaler', 'mixer')}
+    extras = {k: parts[k] for k in ('ema', 'scaler', 'mixer', 'lookahead')}
     bs = hyp['batch_size']
     settings = step_settings(hyp, 1)[:1] * steps
+    init_weights_from_data(parts, data)
     data.reseed(12345)
     for _ in range(2):
         batches = list(itertools.islice(data.train_batches(bs), steps))
@@ -764,15 +789,28 @@ def epoch_row(seed, epoch, lr, totals, test, seconds, total):
     return row
 
 
-def run_parts(hyp, device, dtype, seed, backend=None):
-    """What one run trains with: model, optimizer, and the optional BLF state, EMA, loss scaler
-    and Mixup/CutMix mixer (None when off)."""
-    model = make_model(hyp['width'], device, dtype, dropout=hyp['dropout'])
+def run_parts(hyp, device, dtype, seed, backend=None, steps=1):
+    """What one run trains with: model, optimizer, and the optional BLF state, EMA, lookahead
+    (over `steps` steps), loss scaler and Mixup/CutMix mixer (None when off)."""
+    model = make_model(hyp['width'], device, dtype, dropout=hyp['dropout'], net=hyp['net'])
     scaler = make_scaler(hyp, device)
+    tensors = list(model.parameters()) + [b for b in model.buffers() if b.is_floating_point()]
     return {'model': model, 'opt': make_optimizer(model, hyp, fused=scaler is not None), 'scaler': scaler,
             'blf': BLF(hyp, backend, device, hyp['batch_size'], seed) if hyp['blf'] is not None else None,
             'ema': EMA(model, hyp['ema']) if hyp['ema'] else None,
+            'lookahead': optimizers.Lookahead(tensors, steps) if hyp['lookahead'] else None,
             'mixer': Mixer(hyp, device, seed) if hyp['mixup'] or hyp['cutmix'] else None}
+
+
+def init_weights_from_data(parts, data):
+    """airbench94's net: its first layer whitens 2x2 patches of the first 5000 training images
+    (inside the clock, as airbench times it); EMA and lookahead then restart from those weights,
+    not from the ones they copied at construction. Other networks need nothing."""
+    if hasattr(parts['model'], 'init_whitening'):
+        parts['model'].init_whitening(data.first_images(5000))
+        for average in (parts['ema'], parts['lookahead']):
+            if average is not None:
+                average.restart()
 
 
 def train_run(hyp, data, seed, device, dtype, on_epoch, backend=None, log=print, group=None):
@@ -785,21 +823,26 @@ def train_run(hyp, data, seed, device, dtype, on_epoch, backend=None, log=print,
     global_batch = hyp['batch_size']
     if group.data_parallel:  # this rank's steps see its slice; lr/wd and the loss scale are unchanged
         hyp = {**hyp, 'batch_size': global_batch // group.world, 'loss_scale': loss_scale(hyp)}
-    parts = run_parts(hyp, device, dtype, seed, backend)
-    inner, opt, blf, ema, scaler, mixer = (parts[k] for k in ('model', 'opt', 'blf', 'ema', 'scaler', 'mixer'))
-    model = group.wrap(inner, device)
     steps_per_epoch = data.n_train // global_batch
     settings = step_settings(hyp, steps_per_epoch)
+    parts = run_parts(hyp, device, dtype, seed, backend, steps=len(settings))
+    inner, opt, blf, ema, scaler, mixer, lookahead = (
+        parts[k] for k in ('model', 'opt', 'blf', 'ema', 'scaler', 'mixer', 'lookahead'))
+    model = group.wrap(inner, device)
     plateau = Plateau(hyp['plateau'], hyp['early_stop'])
     clock = Stopwatch(device)
-    total, stopped_at = 0.0, None
-    for epoch in range(hyp['epochs']):
+    start = clock.mark()
+    init_weights_from_data(parts, data)
+    total, stopped_at = clock.seconds(start, clock.mark()), None
+    for epoch in range(math.ceil(len(settings) / steps_per_epoch)):
         group.barrier()
         start = clock.mark()
+        if hasattr(inner, 'whiten') and epoch >= hyp['whiten_bias_epochs']:
+            inner.whiten.bias.requires_grad_(False)  # airbench: the whitening bias trains for the first epochs only
         epoch_settings = settings[epoch * steps_per_epoch:(epoch + 1) * steps_per_epoch]
         filtering = blf if blf is not None and epoch + 1 >= hyp['blf_start_epoch'] else None
         batches = (group.local_batch(x, y) for x, y in data.train_batches(global_batch))
-        totals = train_epoch(model, opt, batches, epoch_settings, hyp, filtering, ema, scaler, mixer)
+        totals = train_epoch(model, opt, batches, epoch_settings, hyp, filtering, ema, scaler, mixer, lookahead)
         group.barrier()
         end = clock.mark()
         amp = hyp['precision'] == 'amp'
@@ -815,11 +858,13 @@ def train_run(hyp, data, seed, device, dtype, on_epoch, backend=None, log=print,
         line, stop = plateau.update(epoch + 1, row['test_loss'])
         if line:
             log(line)
-        if stop and epoch + 1 < hyp['epochs']:
+        if stop and epoch + 1 < math.ceil(hyp['epochs']):
             stopped_at = epoch + 1
             log(f'# early stop after epoch {stopped_at} (--early-stop {hyp["early_stop"]})')
             break
     start = clock.mark()
+    if lookahead is not None:
+        lookahead.finish()
     final = evaluate(ema.model() if ema else inner, data.test_batches(hyp['eval_batch_size']), tta=hyp['tta'], amp=amp)
     end = clock.mark()
     eval_s = clock.seconds(start, end)
@@ -960,15 +1005,26 @@ def positive_ints(text):
 
 
 def parse_args(argv):
+    """The command line over the chosen recipe (recipes.py) over `hyp`: a flag given wins, then the
+    recipe's value, then train.py's default; --recipe X --help shows X's values as the defaults."""
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument('--recipe', default='myrtle')
+    chosen = pre.parse_known_args(argv)[0].recipe
+    defaults = {**hyp, **recipes.RECIPES.get(chosen, {})}
     p = OneLineParser(description=__doc__.split('\n')[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument('--recipe', default='myrtle', choices=list(recipes.RECIPES),
+                   help='a named set of the values below (recipes.py); flags given override it. ' +
+                        '; '.join(recipes.NOTES.values()).replace('%', '%%'))
     special = {'blf': {'type': float}, 'blf_mode': {'choices': ['compact', 'mask']},
+               'net': {'choices': ['resnet9', 'airbench94']}, 'epochs': {'type': float},
+               'bn_weight_decay': {'type': float}, 'whiten_bias_epochs': {'type': float},
                'wd_mode': {'choices': ['l2', 'decoupled']}, 'optimizer': {'choices': ['sgd', 'adam']},
                'precision': {'choices': ['auto', 'fp16', 'amp', 'bf16', 'fp32']},
                'blf_impl': {'choices': ['triton', 'torch']}, 'subset_control': {'choices': ['none', 'random']},
                **{k: {'type': parse_schedule} for k in ('lr_schedule', 'momentum_schedule', 'wd_schedule', 'blf_schedule')}}
     for key, default in hyp.items():
         options = special.get(key, {'type': type(default)})
-        p.add_argument('--' + key.replace('_', '-'), default=default, help=HELP[key], **options)
+        p.add_argument('--' + key.replace('_', '-'), default=defaults[key], help=HELP[key], **options)
     p.add_argument('--seed', type=int, default=0, help='seed of the first run; run i uses seed+i')
     p.add_argument('--runs', type=int, default=1, help='number of runs (mean/std accuracy, median time)')
     p.add_argument('--data-dir', default='data', help='folder with cifar-10-batches-py/ or cifar-10-python.tar.gz')
@@ -996,9 +1052,13 @@ def check_args(args):
         (args.optimizer != 'adam' or args.loss_scale in (0, 1),
          '--loss-scale is for SGD: Adam is invariant to a gradient scale (and needs fp32 weights, where amp scales)'),
         (0 < args.lr_peak < 1, f'--lr-peak must be in (0, 1), got {args.lr_peak}'),
+        (args.lr_start >= 0 and args.lr_end >= 0, '--lr-start and --lr-end must be >= 0'),
         (0 <= args.momentum < 1, f'--momentum must be in [0, 1), got {args.momentum}'),
         (args.weight_decay >= 0, f'--weight-decay must be >= 0, got {args.weight_decay}'),
-        (args.bn_weight_decay in (0, 1), f'--bn-weight-decay must be 0 or 1, got {args.bn_weight_decay}'),
+        (args.bn_weight_decay >= 0, f'--bn-weight-decay must be >= 0, got {args.bn_weight_decay}'),
+        (args.whiten_bias_epochs >= 0, f'--whiten-bias-epochs must be >= 0, got {args.whiten_bias_epochs}'),
+        (args.lookahead in (0, 1), f'--lookahead must be 0 or 1, got {args.lookahead}'),
+        (args.net == 'resnet9' or not args.dropout, '--dropout is for the resnet9 net'),
         (args.bn_lr_scale >= 0, f'--bn-lr-scale must be >= 0, got {args.bn_lr_scale}'),
         (args.clip_norm >= 0, f'--clip-norm must be >= 0, got {args.clip_norm}'),
         (args.agc >= 0, f'--agc must be >= 0, got {args.agc}'),
@@ -1179,7 +1239,7 @@ def run_in_group(args, argv, group, device_text):
                                   flip=h['flip'], crop_pad=h['crop_pad'], cutout=h['cutout'],
                                   cutout_count=h['cutout_count'])
     record = Record(args.out_dir) if group.leader else Follower()
-    record.write_json('config.json', {'hyp': h, 'seed': args.seed, 'runs': args.runs, 'device': str(device),
+    record.write_json('config.json', {'recipe': args.recipe, 'hyp': h, 'seed': args.seed, 'runs': args.runs, 'device': str(device),
                                       'dtype': str(dtype), 'n_train': data.n_train, 'n_test': len(data.test_y),
                                       'data_dir': os.path.abspath(args.data_dir), 'world_size': group.world,
                                       'data_parallel': group.data_parallel})

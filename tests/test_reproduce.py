@@ -20,7 +20,7 @@ def test_list_names_every_stage_with_its_minutes():
     assert res.returncode == 0
     lines = res.stdout.splitlines()[1:]
     assert [line.split()[0] for line in lines] == list(reproduce.STAGES) == \
-        ['tests', 'core', 'bench', 'blf', 'profile', 'ladder']
+        ['tests', 'core', 'bench', 'blf', 'profile', 'recipes', 'ladder']
     assert all('(est.)' in line for line in lines), 'no stage has been timed on a GPU yet'
 
 
@@ -82,7 +82,7 @@ def test_the_budget_leaves_stages_that_do_not_fit(tmp_path, cifar_dir, capsys):
     assert reproduce.main(['--smoke', '--device', 'cpu', '--data-dir', cifar_dir, '--out', str(tmp_path),
                            '--budget-min', '0.5']) == 0
     out = capsys.readouterr().out
-    assert 'not started (budget): tests core bench blf profile ladder' in out
+    assert 'not started (budget): tests core bench blf profile recipes ladder' in out
 
 
 @pytest.mark.parametrize('args, message', [

@@ -1,0 +1,75 @@
+"""recipes.py and --recipe: resolution order, airbench94's values and conversions, and short CPU runs."""
+import json
+import os
+
+import pytest
+import torch
+
+import recipes
+import train
+from conftest import run_script
+
+
+def test_a_flag_overrides_its_recipe_and_the_recipe_overrides_the_defaults():
+    args = train.parse_args(['--recipe', 'airbench94', '--epochs', '12', '--label-smoothing', '0.1'])
+    assert args.net == 'airbench94' and args.batch_size == 1024 and args.flip == 2 and args.tta == 3
+    assert args.epochs == 12 and args.label_smoothing == 0.1
+    plain = train.parse_args([])
+    assert plain.recipe == 'myrtle' and plain.net == 'resnet9' and plain.epochs == 24 and plain.batch_size == 512
+
+
+def test_airbench94_hyperparameters_are_the_papers_converted_to_the_mean_loss():
+    """airbench's SGD on the summed loss: lr 11.5 / 7850.7 = 0.0014648 per step, L2 weight decay
+    1.3625 in torch's form; ours, for the batch-mean loss at batch 1024, are 1024 x lr and wd / 1024."""
+    r = recipes.RECIPES['airbench94']
+    kilostep = 1024 * (1 + 1 / (1 - 0.85))
+    assert r['lr'] / 1024 == pytest.approx(11.5 / kilostep) == pytest.approx(0.0014648, rel=1e-4)
+    assert r['weight_decay'] * 1024 == pytest.approx(0.0153 * 1024 / kilostep / (11.5 / kilostep))
+    assert r['lr'] * r['weight_decay'] == pytest.approx(0.0153 * 1024 / kilostep)  # the decay per step
+    h = {**train.hyp, **r}
+    settings = train.step_settings(h, 48)  # 48 steps per epoch at batch 1024
+    lrs = [s['lr'] for s in settings]
+    assert len(settings) == round(9.9 * 48) == 475
+    assert lrs[0] == pytest.approx(0.2 * r['lr']) and max(lrs) == pytest.approx(r['lr'], rel=5e-3)
+    assert lrs.index(max(lrs)) == pytest.approx(0.23 * 475, abs=1)
+    assert 0.07 * r['lr'] < lrs[-1] < 0.075 * r['lr']  # the last step sits 1/48 epoch before the end
+
+
+def test_the_whitening_bias_trains_for_its_epochs_only(cifar, monkeypatch):
+    data = train.data_gpu.DeviceCIFAR10(cifar, 'cpu', torch.float32, n_train=256, n_test=50, crop_pad=2, cutout=0)
+    seen = {}
+    real_parts = train.run_parts
+
+    def keep(*args, **kwargs):
+        seen.update(real_parts(*args, **kwargs))
+        return seen
+    monkeypatch.setattr(train, 'run_parts', keep)
+    biases = {}
+    for epochs in (0.0, 5.0):
+        h = {**train.hyp, **recipes.RECIPES['airbench94'], 'batch_size': 64, 'epochs': 2, 'width': 0.125,
+             'precision': 'fp32', 'whiten_bias_epochs': epochs}
+        train.train_run(h, data, 0, 'cpu', torch.float32, lambda row: None, log=lambda line: None)
+        biases[epochs] = seen['model'].whiten.bias.detach().clone()
+    assert torch.equal(biases[0.0], torch.zeros(24)), 'frozen from the start: never moves'
+    assert biases[5.0].abs().max() > 0
+
+
+@pytest.mark.parametrize('extra', [[], ['--blf', '0.7', '--blf-start-epoch', '1', '--blf-bucket', '16'],
+                                   ['--blf', '0.9', '--blf-mode', 'mask', '--subset-control', 'random']])
+def test_a_short_airbench94_run_learns_and_records_its_recipe(cifar_dir, tmp_path, extra):
+    """1024 images, 2 epochs of the airbench94 recipe at an eighth of its width: above chance (a
+    guessing model scores 0.10 +- 0.013 on 500 images); BLF runs on it in both modes."""
+    res = run_script('train.py', '--recipe', 'airbench94', '--device', 'cpu', '--data-dir', cifar_dir,
+                     '--out-dir', tmp_path, '--n-train', 1024, '--n-test', 500, '--epochs', 2, '--batch-size', 128,
+                     '--width', 0.125, *extra)
+    assert res.returncode == 0, res.stderr
+    (record,) = [os.path.join(tmp_path, d) for d in os.listdir(tmp_path)]
+    config = json.load(open(os.path.join(record, 'config.json')))
+    assert config['recipe'] == 'airbench94' and config['hyp']['net'] == 'airbench94' and config['hyp']['epochs'] == 2
+    (result,) = [json.loads(line) for line in open(os.path.join(record, 'runs.jsonl'))]
+    epochs = [json.loads(line) for line in open(os.path.join(record, 'epochs.jsonl'))]
+    if extra:
+        assert all(0 < row['kept'] < 1 for row in epochs[1 if '--blf-mode' in extra else 0:])
+    else:
+        assert result['test_acc'] >= 0.2, result
+    assert 'weighted 6-view TTA' in res.stdout
