@@ -33,14 +33,14 @@ def one_line_error(res, pattern):
     (['--batch-size', '0'], '--batch-size must be at least 1'),
     (['--batch-size', '50001', '--device', 'cpu'], 'larger than the training set (50000 images)'),
     (['--n-train', '1000', '--batch-size', '1024', '--device', 'cpu'], 'larger than the training set (1000 images)'),
-    (['--epochs', 'many'], "invalid int value: 'many'"),
+    (['--epochs', 'many'], "invalid float value: 'many'"),
     (['--lr', '-1'], '--lr must be positive'),
     (['--tta', '4'], '--tta must be 0, 1, 2 or 3'),
     (['--ema', '1'], '--ema must be in [0, 1)'),
     (['--dropout', '-0.1'], '--dropout must be in [0, 1)'),
     (['--cutout-count', '0'], '--cutout-count must be at least 1'),
     (['--early-stop', '-1'], '--early-stop must be >= 0'),
-    (['--bn-weight-decay', '2'], '--bn-weight-decay must be 0 or 1'),
+    (['--bn-weight-decay', '-1'], '--bn-weight-decay must be >= 0'),
     (['--clip-norm', '-1'], '--clip-norm must be >= 0'),
     (['--agc', '-0.1'], '--agc must be >= 0'),
     (['--optimizer', 'adam', '--precision', 'fp16'], '--optimizer adam needs fp32 weights'),
@@ -80,7 +80,7 @@ def test_bad_values_give_one_line_errors(args, pattern, tmp_path, capsys):
 
 
 @pytest.mark.parametrize('args, pattern', [(['--epochs', '0'], '--epochs must be at least 1'),
-                                           (['--epochs', 'many'], "invalid int value: 'many'"),
+                                           (['--epochs', 'many'], "invalid float value: 'many'"),
                                            (['--blf', '2'], '--blf must be in (0, 1]')])
 def test_bad_values_as_a_real_process(args, pattern, tmp_path):
     one_line_error(run_script('train.py', *args, '--out-dir', tmp_path), pattern)
