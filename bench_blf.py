@@ -25,23 +25,15 @@ import sys
 
 import torch
 
+import ablation
 import networks
 import train
 
 
 def time_ms(fn, device, reps, warmup=5):
-    """(median, p20, p80) in ms of `reps` calls of fn: CUDA events around each call and one sync
-    at the end on a GPU; the wall clock on the CPU (where each op has finished when it returns)."""
-    for _ in range(warmup):
-        fn()
-    clock = train.Stopwatch(device)
-    marks = []
-    for _ in range(reps):
-        start = clock.mark()
-        fn()
-        marks.append((start, clock.mark()))
-    times = [clock.seconds(start, end) * 1000 for start, end in marks]  # the first call syncs, once
-    return quantiles(times)
+    """(median, p20, p80) in ms of `reps` calls of fn, timed as profile.py times its steps
+    (ablation.time_steps: an event between calls, one sync at the end; the wall clock on the CPU)."""
+    return quantiles([t * 1000 for t in ablation.time_steps(fn, device, reps, warmup)])
 
 
 def quantiles(times):

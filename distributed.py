@@ -73,8 +73,13 @@ class Group:
             dist.destroy_process_group()
 
 
+def world_size():
+    """The number of processes torchrun started (1 without torchrun)."""
+    return int(os.environ.get('WORLD_SIZE', '1'))
+
+
 def under_torchrun():
-    return int(os.environ.get('WORLD_SIZE', '1')) > 1
+    return world_size() > 1
 
 
 def join(device_text, data_parallel=False):
@@ -82,7 +87,7 @@ def join(device_text, data_parallel=False):
     CPU), and names this rank's GPU, cuda:LOCAL_RANK."""
     if not under_torchrun():
         return Group(), device_text
-    rank, world, local = int(os.environ['RANK']), int(os.environ['WORLD_SIZE']), int(os.environ['LOCAL_RANK'])
+    rank, world, local = int(os.environ['RANK']), world_size(), int(os.environ['LOCAL_RANK'])
     cuda = device_text.startswith('cuda')
     if cuda:
         device_text = f'cuda:{local}'

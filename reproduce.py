@@ -21,6 +21,7 @@ import argparse
 import csv
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -181,7 +182,6 @@ def stage_tests(ctx):
 
 def pytest_counts(out):
     """{'passed': n, 'skipped': m, ...} from pytest's closing line."""
-    import re
     lines = [line for line in out.splitlines() if re.search(r'\d+ (passed|failed|skipped|deselected|error)', line)]
     if not lines:
         return {}

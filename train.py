@@ -465,6 +465,12 @@ def evaluate(model, batches, tta=0, amp=False):
     return {'loss': loss, 'correct': correct, 'count': count}
 
 
+def averaged_tensors(model):
+    """What EMA and lookahead average: the parameters and the floating-point buffers (BatchNorm's
+    running statistics), so that the averaged network is normalised for its own weights."""
+    return list(model.parameters()) + [b for b in model.buffers() if b.is_floating_point()]
+
+
 class EMA:
     """Exponential moving average of the weights and BatchNorm statistics, in fp32 whatever the
     model's dtype (fp16 would round away updates of (1 - decay) * difference). update() is one
@@ -472,7 +478,7 @@ class EMA:
 
     def __init__(self, model, decay):
         self.decay = decay
-        self.tensors = list(model.parameters()) + [b for b in model.buffers() if b.is_floating_point()]
+        self.tensors = averaged_tensors(model)
         self.restart()
         self.copy = copy.deepcopy(model)
 
@@ -487,7 +493,7 @@ class EMA:
 
     @torch.no_grad()
     def model(self):
-        targets = list(self.copy.parameters()) + [b for b in self.copy.buffers() if b.is_floating_point()]
+        targets = averaged_tensors(self.copy)
         for target, average in zip(targets, self.shadow):
             target.copy_(average)
         return self.copy
@@ -794,11 +800,10 @@ def run_parts(hyp, device, dtype, seed, backend=None, steps=1):
     (over `steps` steps), loss scaler and Mixup/CutMix mixer (None when off)."""
     model = make_model(hyp['width'], device, dtype, dropout=hyp['dropout'], net=hyp['net'])
     scaler = make_scaler(hyp, device)
-    tensors = list(model.parameters()) + [b for b in model.buffers() if b.is_floating_point()]
     return {'model': model, 'opt': make_optimizer(model, hyp, fused=scaler is not None), 'scaler': scaler,
             'blf': BLF(hyp, backend, device, hyp['batch_size'], seed) if hyp['blf'] is not None else None,
             'ema': EMA(model, hyp['ema']) if hyp['ema'] else None,
-            'lookahead': optimizers.Lookahead(tensors, steps) if hyp['lookahead'] else None,
+            'lookahead': optimizers.Lookahead(averaged_tensors(model), steps) if hyp['lookahead'] else None,
             'mixer': Mixer(hyp, device, seed) if hyp['mixup'] or hyp['cutmix'] else None}
 
 
@@ -1107,7 +1112,7 @@ def check_args(args):
         raise UserError(f'--batch-size {args.batch_size} is larger than the training set ({n_train} images)')
     check_device(args.device, ' (slow: try --n-train 4000 --n-test 1000 --epochs 4 --width 0.25 --batch-size 256)')
     check_writable(args.out_dir)
-    world = int(os.environ.get('WORLD_SIZE', '1'))
+    world = distributed.world_size()
     if args.data_parallel and world == 1:
         raise UserError('--data-parallel needs several processes: torchrun --nproc_per_node N train.py --data-parallel')
     if args.data_parallel and args.batch_size % world:

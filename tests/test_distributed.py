@@ -8,6 +8,7 @@ import sys
 import pytest
 import torch
 
+import dp_step
 import networks
 import train
 from conftest import REPO
@@ -71,17 +72,9 @@ def test_a_data_parallel_step_equals_one_process_on_the_whole_batch(cifar, cifar
     res = torchrun('tests/dp_step.py', cifar_dir, tmp_path / 'dp.pt')
     assert res.returncode == 0, res.stderr[-3000:]
     got = torch.load(tmp_path / 'dp.pt')
-    h = {**train.hyp, 'batch_size': 64, 'width': 0.125, 'precision': 'fp32', 'label_smoothing': 0.2}
     torch.manual_seed(0)
-    model = networks.make_model(h['width'], 'cpu', torch.float32)
-    for m in model.modules():
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.eval()
-    before = [p.detach().clone() for p in model.parameters()]
-    opt = train.make_optimizer(model, h)
-    train.apply_setting(opt, {'lr': 0.4, 'momentum': 0.9, 'weight_decay': 5e-4, 'blf': 1.0}, h)
-    x = train.data_gpu.normalize(cifar['train_x'][:64], torch.float32).contiguous(memory_format=torch.channels_last)
-    train.train_step(model, opt, x, cifar['train_y'][:64], h, train.epoch_totals('cpu', False))
+    before = [p.detach().clone() for p in networks.make_model(dp_step.HYP['width'], 'cpu', torch.float32).parameters()]
+    model = dp_step.one_step(*dp_step.first_batch(cifar))
     for a, b, b0 in zip(got, model.parameters(), before):
         torch.testing.assert_close(a, b.detach(), rtol=1e-4, atol=1e-6)
     assert max((b.detach() - b0).abs().max().item() for b, b0 in zip(model.parameters(), before)) > 1e-3
