@@ -41,8 +41,12 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import blf_step
+import cli
 import data_gpu
 import networks
+import optimizers
+import record
 import train
 
 LADDER = ['full', 'no_data', 'no_optimizer', 'no_bn_relu']
@@ -91,17 +95,17 @@ def make_step(kind, model, opt, x, y, hyp, blf=None):
 
     def no_optimizer():  # the step's backward, loss scale included
         model.zero_grad(set_to_none=True)
-        (F.cross_entropy(model(x).float(), y, label_smoothing=smoothing) * train.loss_scale(hyp)).backward()
+        (F.cross_entropy(model(x).float(), y, label_smoothing=smoothing) * optimizers.loss_scale(hyp)).backward()
 
     def forward():
         with torch.no_grad():
             F.cross_entropy(model(x).float(), y, label_smoothing=smoothing)
 
-    def blf_step():
-        train.blf_train_step(model, opt, x, y, hyp, totals, blf)
+    def filtered_step():
+        blf_step.blf_train_step(model, opt, x, y, hyp, totals, blf)
 
     step = {'no_data': full_step, 'no_optimizer': no_optimizer, 'no_bn_relu': no_optimizer,
-            'forward': forward, 'blf_mask': blf_step, 'blf_compact': blf_step}[kind]
+            'forward': forward, 'blf_mask': filtered_step, 'blf_compact': filtered_step}[kind]
     return step, totals
 
 
@@ -119,8 +123,8 @@ SETTING = {'lr': 1e-3, 'momentum': 0.9, 'weight_decay': 5e-4, 'blf': 0.9}  # the
 def fresh(hyp, device, dtype, **model_options):
     torch.manual_seed(0)
     model = networks.make_model(hyp['width'], device, dtype, **model_options)
-    opt = train.make_optimizer(model, hyp)
-    train.apply_setting(opt, SETTING, hyp)  # a small fixed lr: the time of a step does not depend on it
+    opt = optimizers.make_optimizer(model, hyp)
+    optimizers.apply_setting(opt, SETTING, hyp)  # a small fixed lr: the time of a step does not depend on it
     return model, opt
 
 
@@ -155,7 +159,7 @@ def profile_batch(hyp, data, device, dtype, args, backend):
         for mode in ('mask', 'compact'):
             h = {**hyp, 'blf_mode': mode}
             model, opt = fresh(h, device, dtype)
-            blf = train.BLF(h, backend, device, bs, seed=0)
+            blf = blf_step.BLF(h, backend, device, bs, seed=0)
             step, totals = make_step('blf_' + mode, model, opt, x, y, h, blf)
             if mode == 'compact':  # visit every kept-batch shape before timing (cudnn autotuning)
                 train.warm_up(h, data, device, dtype, backend)
@@ -324,15 +328,15 @@ def write_chart(path, batches, shares):
 
 
 def main(argv=None):
-    ap = train.OneLineParser(description='Where the time of a training step goes (see ablation.py)',
+    ap = cli.OneLineParser(description='Where the time of a training step goes (see ablation.py)',
                              formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument('--batch-sizes', type=train.positive_ints, default='128,256,512,768,1024',
+    ap.add_argument('--batch-sizes', type=cli.positive_ints, default='128,256,512,768,1024',
                     help='comma-separated batch sizes')
     ap.add_argument('--ablation-batch', type=int, default=512, help='batch size of the precision/layout ablations')
     ap.add_argument('--steps', type=int, default=30, help='timed steps per measurement')
     ap.add_argument('--epochs', type=int, default=2, help='timed epochs for the full step (after one warm-up epoch)')
     ap.add_argument('--n-train', type=int, default=10240, help='training images per epoch of the full step')
-    ap.add_argument('--width', type=float, default=train.hyp['width'], help='channel multiplier of ResNet-9')
+    ap.add_argument('--width', type=float, default=cli.hyp['width'], help='channel multiplier of ResNet-9')
     ap.add_argument('--blf', type=float, default=0.9, help='BLF share for the BLF rows (0 = skip them)')
     ap.add_argument('--device', default='cuda', help='cuda or cpu (cpu: fp32, a smoke test)')
     ap.add_argument('--data-dir', default='data', help='CIFAR-10 folder (as train.py)')
@@ -348,8 +352,8 @@ def main(argv=None):
         if bad:
             sys.exit(f'error: {message}')
     try:
-        device = train.use_device(args.device)  # cuda:N becomes the current device
-    except train.UserError as e:
+        device = cli.use_device(args.device)  # cuda:N becomes the current device
+    except cli.UserError as e:
         sys.exit(f'error: {e}')
     dtype = torch.float16 if device.type == 'cuda' else torch.float32
     torch.backends.cudnn.benchmark = device.type == 'cuda'
@@ -358,8 +362,8 @@ def main(argv=None):
     except data_gpu.DataError as e:
         sys.exit(f'error: {e}')
     try:
-        out = train.new_folder(args.out, prefix='profile-')
-    except train.UserError as e:
+        out = record.new_folder(args.out, prefix='profile-')
+    except cli.UserError as e:
         sys.exit(f'error: {e}')
     try:
         measure_and_write(args, argv, batches, device, dtype, cifar, out)
@@ -372,9 +376,9 @@ def main(argv=None):
 
 
 def measure_and_write(args, argv, batches, device, dtype, cifar, out):
-    backend = train.blf_backend('triton', device) if args.blf > 0 else None
-    base = {**train.hyp, 'width': args.width, 'blf': args.blf or None}
-    env = train.environment(device)
+    backend = blf_step.blf_backend('triton', device) if args.blf > 0 else None
+    base = {**cli.hyp, 'width': args.width, 'blf': args.blf or None}
+    env = record.environment(device)
     print(f'# {env["device"]} | torch {env["torch"]} | triton {env["triton"]} | {dtype} | '
           f'{args.steps} timed steps per row, median [min, max] ms per step', flush=True)
 
@@ -447,7 +451,7 @@ def report(batches, results, shares, ablations, flops, ceilings, floor, prof, en
               f'measured {ceilings["matmul_dtype"]} matmul ({ceilings["matmul_n"]}^3): {ceilings["matmul_tflops"]:.1f} TFLOP/s; '
               f'copy bandwidth: {ceilings["copy_gbps"]:.0f} GB/s',
               f'seconds per epoch at 100% of that rate: {floor["floor_s_per_epoch"]:.4f} '
-              f'({floor["floor_s_per_epoch"] * train.hyp["epochs"]:.3f} s for {train.hyp["epochs"]} epochs; '
+              f'({floor["floor_s_per_epoch"] * cli.hyp["epochs"]:.3f} s for {cli.hyp["epochs"]} epochs; '
               f'Myrtle\'s "40 s target" on a V100)']
     for bs in batches:
         lines.append(f'achieved efficiency of the full step at batch {bs}: {100 * floor[f"efficiency_full_b{bs}"]:.1f}%')

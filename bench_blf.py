@@ -26,7 +26,11 @@ import sys
 import torch
 
 import ablation
+import blf_step
+import cli
 import networks
+import optimizers
+import record
 import train
 
 
@@ -53,11 +57,11 @@ def blf_work(backend, logits, labels, p=0.9, smoothing=0.0):
 
 def step_ms(batch, device, dtype, reps):
     """Median of --reps plain training steps of train.py at this batch size, timed as time_ms."""
-    h = {**train.hyp, 'batch_size': batch}
+    h = {**cli.hyp, 'batch_size': batch}
     model = networks.make_model(1.0, device, dtype)
-    opt = train.make_optimizer(model, h)
+    opt = optimizers.make_optimizer(model, h)
     # a small lr: a step's time does not depend on it
-    train.apply_setting(opt, {'lr': 1e-3, 'momentum': 0.9, 'weight_decay': 5e-4, 'blf': 1.0}, h)
+    optimizers.apply_setting(opt, {'lr': 1e-3, 'momentum': 0.9, 'weight_decay': 5e-4, 'blf': 1.0}, h)
     x = torch.randn(batch, 3, 32, 32, device=device).to(dtype).contiguous(memory_format=torch.channels_last)
     y = torch.randint(0, 10, (batch,), device=device)
     totals = {k: torch.zeros((), device=device) for k in ('loss', 'correct', 'count')}
@@ -65,8 +69,8 @@ def step_ms(batch, device, dtype, reps):
 
 
 def main(argv=None):
-    ap = train.OneLineParser(description=__doc__.split('\n')[0])
-    ap.add_argument('--batch-sizes', type=train.positive_ints, default='512,1024,2048', help='comma-separated batch sizes')
+    ap = cli.OneLineParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--batch-sizes', type=cli.positive_ints, default='512,1024,2048', help='comma-separated batch sizes')
     ap.add_argument('--reps', type=int, default=100, help='repetitions per measurement')
     ap.add_argument('--device', default='cuda', help='cuda or cpu (cpu: interpreter smoke test only)')
     ap.add_argument('--out', default='runs', help='a new folder bench-<time> is made in here')
@@ -75,16 +79,16 @@ def main(argv=None):
     if args.reps < 1:
         sys.exit('error: --reps must be positive')
     try:
-        device = train.use_device(args.device)  # cuda:N becomes the current device
-    except train.UserError as e:
+        device = cli.use_device(args.device)  # cuda:N becomes the current device
+    except cli.UserError as e:
         sys.exit(f'error: {e}')
     dtype = torch.float16 if device.type == 'cuda' else torch.float32
     if device.type == 'cuda':
         torch.backends.cudnn.benchmark = True
-    backends = {'triton': train.blf_backend('triton', device), 'torch': train.blf_backend('torch', device)}
+    backends = {'triton': blf_step.blf_backend('triton', device), 'torch': blf_step.blf_backend('torch', device)}
 
-    out = train.new_folder(args.out, prefix='bench-')
-    env = train.environment(device)
+    out = record.new_folder(args.out, prefix='bench-')
+    env = record.environment(device)
     with open(os.path.join(out, 'env.json'), 'w') as fh:
         json.dump({**env, 'command': ' '.join(['python', 'bench_blf.py'] + (argv or sys.argv[1:]))}, fh, indent=1)
 

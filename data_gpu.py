@@ -11,8 +11,10 @@ Per epoch, on the device and vectorised over the whole training set: shuffle, pa
 shapes, no host syncs, every random draw from one device generator, so a seed fixes the batches.
 """
 import hashlib
+import math
 import os
 import pickle
+import random
 import sys
 import tarfile
 import time
@@ -372,3 +374,32 @@ class DeviceCIFAR10:
     def test_batches(self, batch_size):
         for i in range(0, len(self.test_y), batch_size):
             yield self.test_x[i:i + batch_size], self.test_y[i:i + batch_size]
+
+
+class Mixer:
+    """Mixup or CutMix, batch-wise on the device. lambda (and CutMix's box) is drawn on the host
+    from a seeded generator, the partner permutation on the device: nothing crosses back.
+    Returns the mixed images and `mix` = (partner labels, lambda) for mixed_cross_entropy."""
+
+    def __init__(self, hyp, device, seed):
+        self.kind = 'mixup' if hyp['mixup'] else 'cutmix'
+        self.alpha = hyp['mixup'] or hyp['cutmix']
+        self.rng = random.Random(seed)
+        self.gen = torch.Generator(device=device).manual_seed(seed + 7)
+
+    def __call__(self, x, y):
+        lam = self.rng.betavariate(self.alpha, self.alpha)
+        perm = torch.randperm(len(y), device=y.device, generator=self.gen)
+        partner = x[perm]
+        if self.kind == 'mixup':
+            mixed = lam * x + (1 - lam) * partner
+        else:  # a box of about (1 - lam) of the area, clipped at the borders; lam = what is left
+            h, w = x.shape[2:]
+            side_h, side_w = round(h * math.sqrt(1 - lam)), round(w * math.sqrt(1 - lam))
+            cy, cx = self.rng.randrange(h), self.rng.randrange(w)
+            y0, y1 = max(cy - side_h // 2, 0), min(cy - side_h // 2 + side_h, h)
+            x0, x1 = max(cx - side_w // 2, 0), min(cx - side_w // 2 + side_w, w)
+            mixed = x.clone()
+            mixed[:, :, y0:y1, x0:x1] = partner[:, :, y0:y1, x0:x1]
+            lam = 1 - (y1 - y0) * (x1 - x0) / (h * w)
+        return mixed.contiguous(memory_format=torch.channels_last), (y[perm], lam)

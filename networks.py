@@ -4,6 +4,8 @@ net (the leaderboard recipe: frozen 2x2 patch whitening, three conv groups, no r
 make_model builds either in the run's precision: conv/linear weights in `dtype` (fp16 on a GPU),
 BatchNorm in fp32, memory channels_last.
 """
+import contextlib
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -157,3 +159,22 @@ def make_model(width, device, dtype, bn_fp32=True, channels_last=True, dropout=0
             if isinstance(m, nn.BatchNorm2d):
                 m.float()
     return model.to(memory_format=torch.channels_last if channels_last else torch.contiguous_format)
+
+
+# ----------------------------------------------------------------------------------------------
+# Precision: the dtype of the weights and of the data, and amp's autocast
+
+PRECISIONS = {  # name: (weights, data on the device)
+    'fp16': (torch.float16, torch.float16), 'amp': (torch.float32, torch.float16),
+    'bf16': (torch.bfloat16, torch.bfloat16), 'fp32': (torch.float32, torch.float32)}
+
+
+def resolve_precision(precision, device):
+    return ('fp16' if torch.device(device).type == 'cuda' else 'fp32') if precision == 'auto' else precision
+
+
+def autocast(hyp, device):
+    """fp16 autocast for --precision amp; otherwise an empty context (cheaper per step than a disabled autocast)."""
+    if hyp['precision'] != 'amp':
+        return contextlib.nullcontext()
+    return torch.autocast(torch.device(device).type, dtype=torch.float16)

@@ -1,8 +1,15 @@
-"""Optimizers beyond torch's: Muon for conv filters (airbench94_muon) and Lookahead (airbench94).
+"""The optimizer step: parameter groups, SGD or Adam, the loss scale, clipping and decoupled weight
+decay (backward_and_step), the amp loss scaler, EMA; and the optimizers beyond torch's: Muon for
+conv filters (airbench94_muon) and Lookahead (airbench94).
 
-Both keep every number on the device: no host syncs in a step.
+Every number stays on the device: no host syncs in a step.
 """
+import copy
+
 import torch
+import torch.nn as nn
+
+from schedules import schedules
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # airbench94_muon's quintic iteration
 
@@ -75,3 +82,144 @@ class Lookahead:
     @torch.no_grad()
     def finish(self):
         torch._foreach_copy_(self.params, self.slow)
+
+
+# ----------------------------------------------------------------------------------------------
+# The optimizer step as train.py takes it (SGD or Adam, the loss scale, clipping, EMA)
+
+def param_groups(model, hyp):
+    """Weights of convolutions and linear layers; BatchNorm parameters and biases, with their own
+    lr multiplier and weight decay switch (the 'no wd on bias and BN' and 'BN lr x64' tricks)."""
+    weights, norms = [], []
+    for module in model.modules():
+        for name, p in module.named_parameters(recurse=False):
+            (norms if isinstance(module, nn.modules.batchnorm._BatchNorm) or name == "bias" else weights).append(p)
+    return [{'params': weights, 'lr_scale': 1.0, 'wd_scale': 1.0},
+            {'params': norms, 'lr_scale': hyp['bn_lr_scale'], 'wd_scale': float(hyp['bn_weight_decay'])}]
+
+
+def loss_scale(hyp):
+    """The constant the batch-mean loss is multiplied by before backward (see backward_and_step).
+
+    fp16 weights without a loss scaler (--precision fp16) need it: at batch 512 the gradient of a
+    batch-mean loss puts most activation gradients below fp16's normal range (6e-5), and a large
+    share rounds to zero. Myrtle and airbench back-propagate the summed loss (scale = batch size)
+    with lr / batch and wd x batch; SGD then follows the same trajectory, which apply_setting
+    reproduces by dividing lr and multiplying weight decay by the scale. Adam is invariant to the
+    scale and amp has its own dynamic scaler, so both get 1 by default."""
+    if hyp['loss_scale']:
+        return float(hyp['loss_scale'])
+    return 1.0 if hyp['optimizer'] == 'adam' or hyp['precision'] == 'amp' else float(hyp['batch_size'])
+
+
+def make_optimizer(model, hyp, fused=False):
+    """SGD with Nesterov momentum, or Adam; weight decay in the groups (l2) or applied apart
+    (decoupled: AdamW, or SGDW by backward_and_step). fused=True for loss scaling without syncs.
+    lr, momentum and weight decay are set before every step by apply_setting."""
+    momenta = [m for _, m in schedules(hyp)['momentum']]
+    decoupled = hyp['wd_mode'] == 'decoupled'
+    kwargs = {'fused': True} if fused else {}
+    if hyp['optimizer'] == 'adam':
+        cls = torch.optim.AdamW if decoupled else torch.optim.Adam
+        return cls(param_groups(model, hyp), lr=0.0, betas=(momenta[0], 0.999), weight_decay=hyp['weight_decay'], **kwargs)
+    # torch refuses nesterov=True with momentum 0 at construction, not at a step: a momentum
+    # schedule that starts at 0 is built with its largest value and set per step
+    return torch.optim.SGD(param_groups(model, hyp), lr=0.0, momentum=max(momenta), nesterov=max(momenta) > 0,
+                           weight_decay=0.0 if decoupled else hyp['weight_decay'], **kwargs)
+
+
+def apply_setting(opt, setting, hyp):
+    """Hand one step's scheduled values (host floats) to every parameter group. The gradients are
+    loss_scale times those of the batch-mean loss, so SGD gets lr / scale and weight decay x scale
+    (the product lr x wd of decoupled decay is unchanged)."""
+    sgdw = hyp['wd_mode'] == 'decoupled' and hyp['optimizer'] == 'sgd'
+    scale = loss_scale(hyp) if hyp['optimizer'] == 'sgd' else 1.0
+    for group in opt.param_groups:
+        group['lr'] = setting['lr'] * group['lr_scale'] / scale
+        wd = setting['weight_decay'] * group['wd_scale'] * scale
+        group['decoupled_wd'], group['weight_decay'] = (wd, 0.0) if sgdw else (0.0, wd)
+        if 'betas' in group:
+            group['betas'] = (setting['momentum'], group['betas'][1])
+        else:
+            group['momentum'] = setting['momentum']
+
+
+def adaptive_clip_(params, ratio, eps=1e-3, grad_scale=1.0):
+    """AGC (Brock et al. 2021, as the lecture states it): G <- G * min(1, ratio * max(||W||, eps) / ||G||),
+    per tensor, all on the device, in a fixed number of launches whatever the number of tensors
+    (two foreach norms, a few ops on the stacked norms, one foreach multiply). The gradients are
+    grad_scale times the true ones (loss_scale), so the bound is scaled with them."""
+    params = [p for p in params if p.grad is not None]
+    grads = [p.grad for p in params]
+    w_norms = torch.stack(torch._foreach_norm([p.detach() for p in params])).float()
+    g_norms = torch.stack(torch._foreach_norm(grads)).float()
+    factors = (w_norms.clamp_min(eps) * (ratio * grad_scale) / g_norms.clamp_min(1e-12)).clamp_max(1.0)
+    torch._foreach_mul_(grads, list(factors.to(grads[0].dtype).unbind()))  # group 0 shares one dtype
+
+
+def backward_and_step(model, opt, loss, hyp, scaler=None):
+    """Backward of loss x loss_scale, then the optional clipping and decoupled decay, then the
+    optimizer step. With a GradScaler (--precision amp) the loss is scaled further, gradients
+    unscaled in place with an on-device inf check, and the fused optimizer skips the step on
+    overflow: no host sync anywhere."""
+    scale = loss_scale(hyp)
+    opt.zero_grad(set_to_none=True)
+    scaled = loss * scale if scale != 1 else loss
+    if scaler is None:
+        scaled.backward()
+    else:
+        scaler.scale(scaled).backward()
+        if hyp['clip_norm'] or hyp['agc']:
+            scaler.unscale_(opt)
+    if hyp['clip_norm']:
+        torch.nn.utils.clip_grad_norm_(model.parameters(), hyp['clip_norm'] * scale, foreach=True)
+    if hyp['agc']:  # conv and linear weights (group 0); BatchNorm parameters are left alone, as in NFNets
+        adaptive_clip_(opt.param_groups[0]['params'], hyp['agc'], grad_scale=scale)
+    with torch.no_grad():  # SGDW's decay; under amp it also applies on a step the scaler skips (rare, harmless)
+        for group in opt.param_groups:
+            if group.get('decoupled_wd'):
+                torch._foreach_mul_(group['params'], 1 - group['lr'] * group['decoupled_wd'])
+    if scaler is None:
+        opt.step()
+    else:
+        scaler.step(opt)
+        scaler.update()
+
+
+def make_scaler(hyp, device):
+    """Dynamic loss scaling for --precision amp (used with fused optimizers: no host syncs)."""
+    return torch.amp.GradScaler(torch.device(device).type) if hyp['precision'] == 'amp' else None
+
+
+def averaged_tensors(model):
+    """What EMA and lookahead average: the parameters and the floating-point buffers (BatchNorm's
+    running statistics), so that the averaged network is normalised for its own weights."""
+    return list(model.parameters()) + [b for b in model.buffers() if b.is_floating_point()]
+
+
+class EMA:
+    """Exponential moving average of the weights and BatchNorm statistics, in fp32 whatever the
+    model's dtype (fp16 would round away updates of (1 - decay) * difference). update() is one
+    foreach lerp after each optimizer step, no sync; model() returns a copy holding the average."""
+
+    def __init__(self, model, decay):
+        self.decay = decay
+        self.tensors = averaged_tensors(model)
+        self.restart()
+        self.copy = copy.deepcopy(model)
+
+    @torch.no_grad()
+    def restart(self):
+        """Start the average from the weights as they are now."""
+        self.shadow = [t.detach().float().clone() for t in self.tensors]
+
+    @torch.no_grad()
+    def update(self):
+        torch._foreach_lerp_(self.shadow, [t.detach().float() for t in self.tensors], 1 - self.decay)
+
+    @torch.no_grad()
+    def model(self):
+        targets = averaged_tensors(self.copy)
+        for target, average in zip(targets, self.shadow):
+            target.copy_(average)
+        return self.copy

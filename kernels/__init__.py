@@ -16,6 +16,8 @@ from typing import NamedTuple
 
 import torch
 
+MAX_BATCH = 4096  # the selection's largest batch: one Triton program sorts it in registers; 8192 already spills on an H100
+
 
 class Selection(NamedTuple):
     """What a selection step leaves on the device (B = batch size).

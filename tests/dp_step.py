@@ -7,12 +7,14 @@ import sys
 
 import torch
 
+import cli
 import data_gpu
 import distributed
 import networks
+import optimizers
 import train
 
-HYP = {**train.hyp, 'batch_size': 64, 'width': 0.125, 'precision': 'fp32', 'label_smoothing': 0.2, 'loss_scale': 64.0}
+HYP = {**cli.hyp, 'batch_size': 64, 'width': 0.125, 'precision': 'fp32', 'label_smoothing': 0.2, 'loss_scale': 64.0}
 
 
 def first_batch(cifar):
@@ -27,8 +29,8 @@ def one_step(x, y, wrap=lambda model: model):
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.eval()
-    opt = train.make_optimizer(model, HYP)
-    train.apply_setting(opt, {'lr': 0.4, 'momentum': 0.9, 'weight_decay': 5e-4, 'blf': 1.0}, HYP)
+    opt = optimizers.make_optimizer(model, HYP)
+    optimizers.apply_setting(opt, {'lr': 0.4, 'momentum': 0.9, 'weight_decay': 5e-4, 'blf': 1.0}, HYP)
     train.train_step(wrap(model), opt, x, y, {**HYP, 'batch_size': len(y)}, train.epoch_totals('cpu', False))
     return model
 

@@ -7,7 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import blf_step
+import cli
+import data_gpu
 import networks
+import optimizers
+import schedules
 import train
 from conftest import run_script
 from kernels import reference
@@ -17,19 +22,19 @@ IMPLS = ['triton', 'torch']
 
 def setup(cifar, impl, mode, n=96, smoothing=0.1, seed=0, **extra):
     torch.manual_seed(seed)
-    h = {**train.hyp, 'blf': 0.7, 'blf_mode': mode, 'blf_impl': impl, 'label_smoothing': smoothing,
+    h = {**cli.hyp, 'blf': 0.7, 'blf_mode': mode, 'blf_impl': impl, 'label_smoothing': smoothing,
          'weight_decay': 0.0, 'momentum': 0.0, **extra}
     model = networks.make_model(0.25, 'cpu', torch.float32)
-    opt = train.make_optimizer(model, h)  # lr 0: step() leaves the weights, .grad keeps the gradient
-    x = train.data_gpu.normalize(cifar['train_x'][:n], torch.float32).contiguous(memory_format=torch.channels_last)
+    opt = optimizers.make_optimizer(model, h)  # lr 0: step() leaves the weights, .grad keeps the gradient
+    x = data_gpu.normalize(cifar['train_x'][:n], torch.float32).contiguous(memory_format=torch.channels_last)
     y = cifar['train_y'][:n]
-    blf = train.BLF(h, train.blf_backend(impl, 'cpu'), 'cpu', n, seed)
+    blf = blf_step.BLF(h, blf_step.blf_backend(impl, 'cpu'), 'cpu', n, seed)
     return h, model, opt, x, y, blf
 
 
 def grads(model, h):
     """The gradients of the batch-mean loss (the step back-propagates it times loss_scale)."""
-    return [p.grad / train.loss_scale(h) for p in model.parameters()]
+    return [p.grad / optimizers.loss_scale(h) for p in model.parameters()]
 
 
 def new_totals():
@@ -41,7 +46,7 @@ def test_mask_step_gradient_equals_autograd_of_mean_loss_over_reference_kept_row
     h, model, opt, x, y, blf = setup(cifar, impl, 'mask')
     before = copy.deepcopy(model)
     totals = new_totals()
-    train.blf_train_step(model, opt, x, y, h, totals, blf)
+    blf_step.blf_train_step(model, opt, x, y, h, totals, blf)
     got = grads(model, h)
 
     logits = before(x).float()
@@ -64,7 +69,7 @@ def compact_reference_grads(before, x, y, h, size):
         losses = F.cross_entropy(before(x).float(), y, reduction='none', label_smoothing=h['label_smoothing'])
     bn_after_scoring = [b.clone() for name, b in before.named_buffers() if 'running' in name]
     rows = reference.select_top_loss(losses, h['blf']).order[:size]
-    with train.running_stats_frozen(before):
+    with blf_step.running_stats_frozen(before):
         F.cross_entropy(before(x[rows]).float(), y[rows], label_smoothing=h['label_smoothing']).backward()
     return [p.grad for p in before.parameters()], bn_after_scoring, losses
 
@@ -75,7 +80,7 @@ def test_compact_step_trains_on_the_top_rows_and_only_the_full_pass_moves_bn_sta
     before = copy.deepcopy(model)
     blf.count.value = 40  # as if an earlier step had kept 40 rows: this step runs on 40
     totals = new_totals()
-    train.blf_train_step(model, opt, x, y, h, totals, blf)
+    blf_step.blf_train_step(model, opt, x, y, h, totals, blf)
     want, bn_after_scoring, losses = compact_reference_grads(before, x, y, h, 40)
     for g, w in zip(grads(model, h), want):
         torch.testing.assert_close(g, w, rtol=1e-4, atol=1e-6)
@@ -101,7 +106,7 @@ def test_compact_gradient_depends_on_the_rows_trained_not_on_the_bucket(cifar, i
         blf.count.value = lagged
         before = copy.deepcopy(model)
         totals = new_totals()
-        train.blf_train_step(model, opt, x, y, h, totals, blf)
+        blf_step.blf_train_step(model, opt, x, y, h, totals, blf)
         assert totals['rows_trained'] == 64
         got[bucket] = grads(model, h)
     want, _, _ = compact_reference_grads(before, x, y, h, 64)
@@ -122,7 +127,7 @@ def test_random_control_keeps_as_many_rows_but_not_the_top_ones(cifar):
     assert (rand.weight > 0).sum() == k and torch.allclose(rand.weight.sum(), torch.tensor(1.0))
     assert not torch.equal(rand.weight > 0, top.weight > 0)
     torch.testing.assert_close(rand.stats[2], losses[rand.weight > 0].mean())
-    again = train.BLF(h, blf.backend, 'cpu', 256, seed=0).select(losses, cap=256)
+    again = blf_step.BLF(h, blf.backend, 'cpu', 256, seed=0).select(losses, cap=256)
     assert torch.equal(again.order, rand.order), 'the control is seeded'
 
 
@@ -152,7 +157,7 @@ class PendingEvent:
 def test_lagged_count_takes_the_newest_completed_count_and_reports_its_age():
     """On a GPU the copies land late and out of step with the host: only a slot whose event has
     completed may be read, the newest of them, and `lag` says how many steps old it is."""
-    count = train.LaggedCount('cpu', initial=512)
+    count = blf_step.LaggedCount('cpu', initial=512)
     events = []
     count.new_event = lambda: events.append(PendingEvent()) or events[-1]
 
@@ -245,14 +250,14 @@ def test_cpu_run_with_blf_records_the_kept_fraction_per_epoch(cifar_dir, tmp_pat
 @pytest.mark.parametrize('mode', ['mask', 'compact'])
 @pytest.mark.parametrize('impl', IMPLS)
 def test_gpu_blf_epoch_has_no_host_sync(cifar, mode, impl):
-    h = {**train.hyp, 'blf': 0.9, 'blf_mode': mode, 'blf_impl': impl}
-    data = train.data_gpu.DeviceCIFAR10(cifar, 'cuda', torch.float16, n_train=10240, n_test=1000)
-    backend = train.blf_backend(impl, 'cuda')
+    h = {**cli.hyp, 'blf': 0.9, 'blf_mode': mode, 'blf_impl': impl}
+    data = data_gpu.DeviceCIFAR10(cifar, 'cuda', torch.float16, n_train=10240, n_test=1000)
+    backend = blf_step.blf_backend(impl, 'cuda')
     train.warm_up(h, data, 'cuda', torch.float16, backend)
     model = networks.make_model(1.0, 'cuda', torch.float16)
-    opt = train.make_optimizer(model, h)
-    settings = train.step_settings(h, data.n_train // h['batch_size'])
-    blf = train.BLF(h, backend, 'cuda', h['batch_size'], seed=0)
+    opt = optimizers.make_optimizer(model, h)
+    settings = schedules.step_settings(h, data.n_train // h['batch_size'])
+    blf = blf_step.BLF(h, backend, 'cuda', h['batch_size'], seed=0)
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode('error')
     try:
@@ -279,11 +284,6 @@ def test_benchmark_runs_and_writes_its_tables(tmp_path):
     assert run_script('bench_blf.py', '--batch-sizes', 'x').returncode != 0
 
 
-def test_train_and_kernel_agree_on_the_largest_batch():
-    import kernels.selection
-    assert train.BLF_MAX_BATCH == kernels.selection.MAX_BATCH
-
-
 def test_a_diverging_blf_run_stops_with_one_line_and_keeps_its_record(cifar_dir, tmp_path):
     res = run_script('train.py', '--device', 'cpu', '--data-dir', cifar_dir, '--out-dir', tmp_path, '--lr', '1e30',
                      '--n-train', 512, '--n-test', 100, '--epochs', 2, '--width', 0.125, '--batch-size', 128,
@@ -298,8 +298,8 @@ def test_a_diverging_blf_run_stops_with_one_line_and_keeps_its_record(cifar_dir,
 
 def test_blf_bottom_keeps_the_top_and_the_bottom_rows():
     losses = torch.tensor([5.0, 0.1, 3.0, 0.2, 9.0, 0.3, 1.0, 0.05, 2.0, 0.4])  # total 21.05
-    h = {**train.hyp, 'blf': 0.6, 'blf_bottom': 0.2}
-    blf = train.BLF(h, reference, 'cpu', 10, seed=0)
+    h = {**cli.hyp, 'blf': 0.6, 'blf_bottom': 0.2}
+    blf = blf_step.BLF(h, reference, 'cpu', 10, seed=0)
     sel = blf.select(losses, cap=10)  # top: 9 + 5 = 14 >= 12.63 -> rows 4, 0; bottom 2: rows 1, 7
     assert sel.counts.tolist() == [4, 4]
     assert sorted(torch.nonzero(sel.weight).flatten().tolist()) == [0, 1, 4, 7]
@@ -314,7 +314,7 @@ def test_blf_bottom_keeps_the_top_and_the_bottom_rows():
 def test_mask_step_with_blf_bottom_matches_autograd(cifar):
     h, model, opt, x, y, blf = setup(cifar, 'triton', 'mask', blf_bottom=0.1)
     before = copy.deepcopy(model)
-    train.blf_train_step(model, opt, x, y, h, new_totals(), blf)
+    blf_step.blf_train_step(model, opt, x, y, h, new_totals(), blf)
     losses = F.cross_entropy(before(x).float(), y, reduction='none', label_smoothing=h['label_smoothing'])
     sel = reference.select_top_loss(losses.detach(), h['blf'])
     kept = torch.cat([sel.order[:int(sel.counts[0])], sel.order[-10:]])  # ceil(0.1 * 96) = 10 bottom rows
@@ -330,13 +330,13 @@ def test_torch_impl_needs_no_triton_and_the_triton_impl_says_what_is_missing():
     code = '''
 import sys
 sys.modules["triton"] = None  # as if triton were not installed
-import torch, train
-blf = train.BLF({**train.hyp, "blf": 0.9}, train.blf_backend("torch", "cpu"), "cpu", 64, 0)
+import torch, blf_step, cli, train  # train imports triton only where a run asks for it
+blf = blf_step.BLF({**cli.hyp, "blf": 0.9}, blf_step.blf_backend("torch", "cpu"), "cpu", 64, 0)
 sel = blf.select(torch.rand(64), cap=64)
 assert 1 <= int(sel.counts[0]) <= 64
 try:
-    train.blf_backend("triton", "cpu")
-except train.UserError as e:
+    blf_step.blf_backend("triton", "cpu")
+except cli.UserError as e:
     print("UserError:", e)
 '''
     res = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True, timeout=120)
@@ -348,7 +348,7 @@ def test_blf_bottom_overlapping_the_top_counts_each_row_once():
     """When the top k and the bottom rows overlap, counts used to reach k + n_bottom > B and the
     step was reported as truncated although every row was kept."""
     losses = torch.tensor([5.0, 0.1, 3.0, 0.2, 9.0, 0.3, 1.0, 0.05, 2.0, 0.4])
-    blf = train.BLF({**train.hyp, 'blf': 1.0, 'blf_bottom': 0.2}, reference, 'cpu', 10, seed=0)
+    blf = blf_step.BLF({**cli.hyp, 'blf': 1.0, 'blf_bottom': 0.2}, reference, 'cpu', 10, seed=0)
     sel = blf.select(losses, cap=10)
     assert sel.counts.tolist() == [10, 10], 'all ten rows, none truncated'
     torch.testing.assert_close(sel.weight, torch.full((10,), 0.1))
@@ -358,7 +358,7 @@ def test_blf_bottom_overlapping_the_top_counts_each_row_once():
 @pytest.mark.parametrize('extra', [{'blf_bottom': 0.25}, {'subset_control': 'random'}])
 def test_kept_loss_fraction_survives_a_total_beyond_fp32(extra):
     losses = torch.tensor([3e38] * 6 + [1.0, 2.0])  # finite, but their fp32 sum overflows
-    blf = train.BLF({**train.hyp, 'blf': 0.5, **extra}, reference, 'cpu', 8, seed=0)
+    blf = blf_step.BLF({**cli.hyp, 'blf': 0.5, **extra}, reference, 'cpu', 8, seed=0)
     sel = blf.select(losses, cap=8)
     fraction = sel.stats[0].item()
     assert 0 < fraction <= 1, fraction  # an fp32 sum gave inf / inf = NaN
@@ -368,7 +368,7 @@ def test_kept_loss_fraction_survives_a_total_beyond_fp32(extra):
 
 def test_random_control_weights_sum_to_one_over_the_rows_a_capped_compact_pass_trains():
     losses = torch.rand(64, generator=torch.Generator().manual_seed(0)) + 0.1
-    blf = train.BLF({**train.hyp, 'blf': 0.99, 'subset_control': 'random'}, reference, 'cpu', 64, seed=0)
+    blf = blf_step.BLF({**cli.hyp, 'blf': 0.99, 'subset_control': 'random'}, reference, 'cpu', 64, seed=0)
     sel = blf.select(losses, cap=16, fill=True)  # the rule wants ~60 rows; the pass holds 16
     rows = blf.rows(sel, 16)
     assert sel.counts[1].item() == 16 and int(sel.counts[0]) > 16

@@ -5,6 +5,11 @@ import os
 import pytest
 import torch
 
+import blf_step
+import cli
+import data_gpu
+import record
+import schedules
 import train
 from conftest import run_script
 
@@ -13,7 +18,7 @@ def test_help_documents_every_flag_with_its_default():
     res = run_script('train.py', '--help')
     assert res.returncode == 0
     text = ' '.join(res.stdout.split())
-    for key, default in train.hyp.items():
+    for key, default in cli.hyp.items():
         assert '--' + key.replace('_', '-') in text
     for flag in ('--seed', '--runs', '--data-dir', '--device', '--n-train', '--out-dir'):
         assert flag in text
@@ -104,7 +109,7 @@ def test_no_gpu_says_how_to_run_on_cpu():
 
 
 def test_records_never_overwrite_each_other(tmp_path):
-    a, b = train.Record(str(tmp_path)), train.Record(str(tmp_path))
+    a, b = record.Record(str(tmp_path)), record.Record(str(tmp_path))
     a.log('first')
     b.log('second')
     assert a.path != b.path
@@ -171,10 +176,10 @@ def test_a_record_stores_a_diff_only_when_the_tree_differs_from_its_commit(tmp_p
     git(repo, 'init', '-q')
     git(repo, 'add', 'train.py')
     git(repo, 'commit', '-qm', 'first')
-    assert train.save_source_state(str(out), str(repo)) == 'clean' and os.listdir(out) == []
+    assert record.save_source_state(str(out), str(repo)) == 'clean' and os.listdir(out) == []
     (repo / 'train.py').write_text('a = 2\n')
     (repo / 'new_kernel.py').write_text('b = 3\n')
-    assert train.save_source_state(str(out), str(repo)) == 'diff'
+    assert record.save_source_state(str(out), str(repo)) == 'diff'
     diff = (out / 'git.diff').read_text()
     assert '-a = 1' in diff and '+a = 2' in diff and '+b = 3' in diff and 'new_kernel.py' in diff
     plain = tmp_path / 'no-git'
@@ -182,7 +187,7 @@ def test_a_record_stores_a_diff_only_when_the_tree_differs_from_its_commit(tmp_p
     (plain / 'train.py').write_text('c = 4\n')
     out2 = tmp_path / 'record2'
     out2.mkdir()
-    assert train.save_source_state(str(out2), str(plain)) == 'copied'
+    assert record.save_source_state(str(out2), str(plain)) == 'copied'
     assert (out2 / 'source' / 'train.py').read_text() == 'c = 4\n'
 
 
@@ -194,15 +199,15 @@ def test_cuda_n_becomes_the_current_device_before_any_work(monkeypatch, tmp_path
     monkeypatch.setattr(torch.cuda, 'device_count', lambda: 2)
     monkeypatch.setattr(torch.cuda, 'current_device', lambda: current[0])
     monkeypatch.setattr(torch.cuda, 'set_device', lambda index: current.__setitem__(0, index))
-    assert train.use_device('cuda:1') == torch.device('cuda', 1) and current == [1]
-    assert train.use_device('cuda') == torch.device('cuda', 1), 'plain cuda keeps the current device'
-    with pytest.raises(train.UserError, match='this machine has 2 GPU'):
-        train.use_device('cuda:2')
+    assert cli.use_device('cuda:1') == torch.device('cuda', 1) and current == [1]
+    assert cli.use_device('cuda') == torch.device('cuda', 1), 'plain cuda keeps the current device'
+    with pytest.raises(cli.UserError, match='this machine has 2 GPU'):
+        cli.use_device('cuda:2')
 
     def stop(*args, **kwargs):
-        raise train.data_gpu.DataError(f'stopped with cuda:{current[0]} current')
+        raise data_gpu.DataError(f'stopped with cuda:{current[0]} current')
     current[0] = 0
-    monkeypatch.setattr(train.data_gpu, 'load_cifar10', stop)
+    monkeypatch.setattr(data_gpu, 'load_cifar10', stop)
     assert train.main(['--device', 'cuda:1', '--out-dir', str(tmp_path)]) == 2
     assert 'stopped with cuda:1 current' in capsys.readouterr().err
 
@@ -212,9 +217,9 @@ def test_warm_up_runs_the_augmentation_and_leaves_the_run_unchanged(cifar, extra
     """Epoch 1 used to pay, on the clock, for the augmentation's first launches and its memory:
     warm-up never augmented. Now it trains on real augmented batches (two epochs' worth of
     augmentation) and every kept-batch size, and a run after it is identical to one without it."""
-    h = {**train.hyp, 'batch_size': 128, 'epochs': 2, 'width': 0.125, 'precision': 'fp32', 'tta': 0, **extra}
-    data = train.data_gpu.DeviceCIFAR10(cifar, 'cpu', torch.float32, n_train=512, n_test=300)
-    backend = train.blf_backend('torch', 'cpu') if h['blf'] else None
+    h = {**cli.hyp, 'batch_size': 128, 'epochs': 2, 'width': 0.125, 'precision': 'fp32', 'tta': 0, **extra}
+    data = data_gpu.DeviceCIFAR10(cifar, 'cpu', torch.float32, n_train=512, n_test=300)
+    backend = blf_step.blf_backend('torch', 'cpu') if h['blf'] else None
     augmented, trained = [], []
     original_augment, original_epoch = data.augmented_epoch, train.train_epoch
 
@@ -249,11 +254,11 @@ def test_warm_up_runs_the_augmentation_and_leaves_the_run_unchanged(cifar, extra
 
 
 def test_a_schedule_that_ends_early_is_named_in_the_header():
-    h = {**train.hyp, 'epochs': 24, 'lr_schedule': train.parse_schedule('0:0,5:0.4'),
-         'momentum_schedule': train.parse_schedule('0:0.9,30:0.8')}
-    notes = train.schedule_notes(h)
+    h = {**cli.hyp, 'epochs': 24, 'lr_schedule': schedules.parse_schedule('0:0,5:0.4'),
+         'momentum_schedule': schedules.parse_schedule('0:0.9,30:0.8')}
+    notes = cli.schedule_notes(h)
     assert notes == ['# note: --lr-schedule ends at epoch 5 of 24: its last value, 0.4, holds for the rest of the run']
-    assert train.schedule_notes(train.hyp) == []
+    assert cli.schedule_notes(cli.hyp) == []
 
 
 def test_an_unusable_out_dir_is_refused_before_any_work(tmp_path, capsys):

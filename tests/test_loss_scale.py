@@ -8,7 +8,10 @@ summed loss of Myrtle and airbench) and hands SGD lr / scale and weight decay x 
 import pytest
 import torch
 
+import cli
+import data_gpu
 import networks
+import optimizers
 import train
 
 SETTING = {'lr': 0.0, 'momentum': 0.9, 'weight_decay': 5e-4, 'blf': 1.0}  # lr 0: .grad is all the step leaves
@@ -16,11 +19,11 @@ SETTING = {'lr': 0.0, 'momentum': 0.9, 'weight_decay': 5e-4, 'blf': 1.0}  # lr 0
 
 def real_step_grads(model, x, y, h):
     """Each parameter's gradient of the batch-mean loss, from train.py's own training step."""
-    opt = train.make_optimizer(model, h)
-    train.apply_setting(opt, SETTING, h)
+    opt = optimizers.make_optimizer(model, h)
+    optimizers.apply_setting(opt, SETTING, h)
     totals = {k: torch.zeros(()) for k in ('loss', 'correct', 'count')}
     train.train_step(model, opt, x, y, h, totals)
-    return {name: p.grad.float() / train.loss_scale(h) for name, p in model.named_parameters()}
+    return {name: p.grad.float() / optimizers.loss_scale(h) for name, p in model.named_parameters()}
 
 
 def errors(grads16, grads32):
@@ -39,14 +42,14 @@ def fp16_vs_fp32(cifar):
     """A real CIFAR-10 batch of 512; one network in fp32 and its copy in fp16 (BatchNorm in fp32),
     as --precision fp16 builds it on a GPU. The CPU runs the fp16 convolutions with fp16 storage."""
     n = 512
-    x32 = train.data_gpu.normalize(cifar['train_x'][:n], torch.float32).contiguous(memory_format=torch.channels_last)
+    x32 = data_gpu.normalize(cifar['train_x'][:n], torch.float32).contiguous(memory_format=torch.channels_last)
     y = cifar['train_y'][:n]
     torch.manual_seed(0)
     m32 = networks.make_model(0.25, 'cpu', torch.float32)
     state = {k: v.clone() for k, v in m32.state_dict().items()}
 
     def compare(loss_scale):
-        h = {**train.hyp, 'batch_size': n, 'precision': 'fp16', 'loss_scale': loss_scale}
+        h = {**cli.hyp, 'batch_size': n, 'precision': 'fp16', 'loss_scale': loss_scale}
         m32.load_state_dict(state)
         m16 = networks.make_model(0.25, 'cpu', torch.float16)
         m16.load_state_dict(state)
@@ -71,15 +74,15 @@ def test_without_the_scale_fp16_grads_underflow(fp16_vs_fp32):
 def test_fp32_training_is_the_same_with_and_without_the_loss_scale(cifar):
     """Six real steps (Nesterov, weight decay, BatchNorm) in fp32 from the same seed: the weights
     agree up to rounding whether the step back-propagates the mean loss or the summed one."""
-    data = train.data_gpu.DeviceCIFAR10(cifar, 'cpu', torch.float32, n_train=768)
+    data = data_gpu.DeviceCIFAR10(cifar, 'cpu', torch.float32, n_train=768)
     finals = {}
     for scale in (1.0, 0.0):
-        h = {**train.hyp, 'batch_size': 128, 'precision': 'fp32', 'loss_scale': scale, 'epochs': 1}
+        h = {**cli.hyp, 'batch_size': 128, 'precision': 'fp32', 'loss_scale': scale, 'epochs': 1}
         torch.manual_seed(0)
         data.reseed(0)
         model = networks.make_model(0.125, 'cpu', torch.float32)
         initial = [p.detach().clone() for p in model.parameters()]
-        opt = train.make_optimizer(model, h)
+        opt = optimizers.make_optimizer(model, h)
         settings = [{**SETTING, 'lr': 0.4}] * 6
         train.train_epoch(model, opt, data.train_batches(128), settings, h)
         finals[scale] = [p.detach().clone() for p in model.parameters()]

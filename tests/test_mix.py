@@ -5,7 +5,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import blf_step
+import cli
+import data_gpu
 import networks
+import optimizers
 import train
 from kernels import reference
 
@@ -31,9 +35,9 @@ def test_mixed_loss_is_cross_entropy_against_the_mixed_target():
 
 
 def test_mixup_images_are_the_weighted_sum_of_a_pair():
-    h = {**train.hyp, 'mixup': 0.4}
+    h = {**cli.hyp, 'mixup': 0.4}
     x, y = encoded_batch()
-    mixed, (partner, lam) = train.Mixer(h, 'cpu', seed=1)(x, y)
+    mixed, (partner, lam) = data_gpu.Mixer(h, 'cpu', seed=1)(x, y)
     assert 0 < lam < 1 and not torch.equal(partner, y)
     want = (lam * y.float() * 10 + (1 - lam) * partner.float() * 10).view(-1, 1, 1, 1).expand_as(x)
     torch.testing.assert_close(mixed, want)
@@ -41,9 +45,9 @@ def test_mixup_images_are_the_weighted_sum_of_a_pair():
 
 
 def test_cutmix_pastes_one_box_whose_area_is_one_minus_lambda():
-    h = {**train.hyp, 'cutmix': 1.0}
+    h = {**cli.hyp, 'cutmix': 1.0}
     x, y = encoded_batch()
-    mixer = train.Mixer(h, 'cpu', seed=3)
+    mixer = data_gpu.Mixer(h, 'cpu', seed=3)
     for _ in range(20):
         mixed, (partner, lam) = mixer(x, y)
         from_partner = (mixed[:, 0] == (partner.float() * 10).view(-1, 1, 1)) & (partner != y).view(-1, 1, 1)
@@ -56,9 +60,9 @@ def test_cutmix_pastes_one_box_whose_area_is_one_minus_lambda():
 
 
 def test_mixers_are_seeded():
-    h = {**train.hyp, 'mixup': 0.4}
+    h = {**cli.hyp, 'mixup': 0.4}
     x, y = encoded_batch()
-    a, b = train.Mixer(h, 'cpu', seed=5), train.Mixer(h, 'cpu', seed=5)
+    a, b = data_gpu.Mixer(h, 'cpu', seed=5), data_gpu.Mixer(h, 'cpu', seed=5)
     for _ in range(3):
         (xa, (pa, la)), (xb, (pb, lb)) = a(x, y), b(x, y)
         assert la == lb and torch.equal(pa, pb) and torch.equal(xa, xb)
@@ -67,19 +71,19 @@ def test_mixers_are_seeded():
 @pytest.mark.parametrize('impl', ['triton', 'torch'])
 def test_blf_under_mixup_trains_on_the_top_mixed_losses(cifar, impl):
     torch.manual_seed(0)
-    h = {**train.hyp, 'blf': 0.7, 'blf_mode': 'mask', 'blf_impl': impl, 'label_smoothing': 0.1, 'mixup': 0.4,
+    h = {**cli.hyp, 'blf': 0.7, 'blf_mode': 'mask', 'blf_impl': impl, 'label_smoothing': 0.1, 'mixup': 0.4,
          'weight_decay': 0.0, 'momentum': 0.0}
     model = networks.make_model(0.25, 'cpu', torch.float32)
-    opt = train.make_optimizer(model, h)
-    x = train.data_gpu.normalize(cifar['train_x'][:96], torch.float32).contiguous(memory_format=torch.channels_last)
+    opt = optimizers.make_optimizer(model, h)
+    x = data_gpu.normalize(cifar['train_x'][:96], torch.float32).contiguous(memory_format=torch.channels_last)
     y = cifar['train_y'][:96]
-    mixed, mix = train.Mixer(h, 'cpu', seed=0)(x, y)
-    blf = train.BLF(h, train.blf_backend(impl, 'cpu'), 'cpu', 96, seed=0)
+    mixed, mix = data_gpu.Mixer(h, 'cpu', seed=0)(x, y)
+    blf = blf_step.BLF(h, blf_step.blf_backend(impl, 'cpu'), 'cpu', 96, seed=0)
     before = copy.deepcopy(model)
     totals = train.epoch_totals('cpu', blf_on=True)
-    train.blf_train_step(model, opt, mixed, y, h, totals, blf, mix=mix)
+    blf_step.blf_train_step(model, opt, mixed, y, h, totals, blf, mix=mix)
     losses = train.mixed_cross_entropy(before(mixed), y, mix, 0.1, reduction='none')
     sel = reference.select_top_loss(losses.detach(), 0.7)
     losses[sel.order[:int(sel.counts[0])]].mean().backward()
     for p, q in zip(model.parameters(), before.parameters()):
-        torch.testing.assert_close(p.grad / train.loss_scale(h), q.grad, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(p.grad / optimizers.loss_scale(h), q.grad, rtol=1e-4, atol=1e-6)

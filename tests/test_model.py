@@ -1,10 +1,16 @@
 """The network, its precision and memory layout, the schedule, and one training step."""
+import argparse
+
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+import cli
+import data_gpu
 import networks
+import optimizers
+import schedules
 import train
 
 
@@ -50,13 +56,13 @@ def test_architecture_matches_myrtle_resnet9():
 def test_one_step_lowers_the_loss_on_a_fixed_batch(cifar):
     torch.manual_seed(0)
     model = networks.make_model(0.5, 'cpu', torch.float32)
-    opt = train.make_optimizer(model, {**train.hyp})
-    train.apply_setting(opt, {'lr': 0.2, 'momentum': 0.9, 'weight_decay': 5e-4, 'blf': 1.0}, train.hyp)
-    x = train.data_gpu.normalize(cifar['train_x'][:128], torch.float32).contiguous(memory_format=torch.channels_last)
+    opt = optimizers.make_optimizer(model, {**cli.hyp})
+    optimizers.apply_setting(opt, {'lr': 0.2, 'momentum': 0.9, 'weight_decay': 5e-4, 'blf': 1.0}, cli.hyp)
+    x = data_gpu.normalize(cifar['train_x'][:128], torch.float32).contiguous(memory_format=torch.channels_last)
     y = cifar['train_y'][:128]
     before = F.cross_entropy(model(x).float(), y)
     totals = {k: torch.zeros(()) for k in ('loss', 'correct', 'count')}
-    train.train_step(model, opt, x, y, train.hyp, totals)
+    train.train_step(model, opt, x, y, cli.hyp, totals)
     after = F.cross_entropy(model(x).float(), y)
     assert after < before - 0.01
     assert torch.isclose(totals['loss'] / totals['count'], before, rtol=1e-4)
@@ -64,11 +70,11 @@ def test_one_step_lowers_the_loss_on_a_fixed_batch(cifar):
 
 
 def lrs_of(h, steps_per_epoch):
-    return [s['lr'] for s in train.step_settings(h, steps_per_epoch)]
+    return [s['lr'] for s in schedules.step_settings(h, steps_per_epoch)]
 
 
 def test_default_lr_schedule_hits_its_knots_and_stretches_with_epochs():
-    h = {**train.hyp, 'epochs': 24, 'lr': 0.4, 'lr_peak': 5 / 24}
+    h = {**cli.hyp, 'epochs': 24, 'lr': 0.4, 'lr_peak': 5 / 24}
     lrs = lrs_of(h, steps_per_epoch=10)
     assert len(lrs) == 240
     assert lrs[0] == 0 and lrs[50] == pytest.approx(0.4) and max(lrs) == pytest.approx(0.4)
@@ -80,37 +86,37 @@ def test_default_lr_schedule_hits_its_knots_and_stretches_with_epochs():
 
 
 def test_schedules_from_the_command_line_hit_their_knots_exactly():
-    h = {**train.hyp, 'epochs': 10, 'blf': 0.9,
-         'lr_schedule': train.parse_schedule('0:0,2:0.4,10:0'),
-         'momentum_schedule': train.parse_schedule('0:0.85,5:0.95'),
-         'wd_schedule': train.parse_schedule('0:5e-4,8:0'),
-         'blf_schedule': train.parse_schedule('0:1.0,4:1.0,6:0.8')}
-    steps = train.step_settings(h, steps_per_epoch=4)
+    h = {**cli.hyp, 'epochs': 10, 'blf': 0.9,
+         'lr_schedule': schedules.parse_schedule('0:0,2:0.4,10:0'),
+         'momentum_schedule': schedules.parse_schedule('0:0.85,5:0.95'),
+         'wd_schedule': schedules.parse_schedule('0:5e-4,8:0'),
+         'blf_schedule': schedules.parse_schedule('0:1.0,4:1.0,6:0.8')}
+    steps = schedules.step_settings(h, steps_per_epoch=4)
     at = {epoch: steps[epoch * 4] for epoch in range(10)}
     assert [at[e]['lr'] for e in (0, 1, 2, 6)] == [0.0, 0.2, 0.4, 0.2]
     assert [at[e]['momentum'] for e in (0, 5, 9)] == [0.85, 0.95, 0.95]  # held after the last knot
     assert at[8]['weight_decay'] == 0.0 and at[4]['weight_decay'] == pytest.approx(2.5e-4)
     assert [at[e]['blf'] for e in (0, 4, 5, 6, 9)] == [1.0, 1.0, pytest.approx(0.9), 0.8, 0.8]
     assert steps[1]['lr'] == pytest.approx(0.05)  # a quarter of an epoch into the ramp
-    assert train.step_settings({**train.hyp, 'epochs': 2}, 3)[0]['momentum'] == train.hyp['momentum']
+    assert schedules.step_settings({**cli.hyp, 'epochs': 2}, 3)[0]['momentum'] == cli.hyp['momentum']
 
 
 @pytest.mark.parametrize('text', ['', '1', '0:1:2', 'a:1', '3:1,2:0', '-1:0'])
 def test_bad_schedules_are_refused(text):
-    with pytest.raises(train.argparse.ArgumentTypeError):
-        train.parse_schedule(text)
+    with pytest.raises(argparse.ArgumentTypeError):
+        schedules.parse_schedule(text)
 
 
 def test_the_schedule_reaches_the_optimizer_each_step(cifar):
-    h = {**train.hyp, 'epochs': 2, 'momentum_schedule': train.parse_schedule('0:0.5,1:0.9'),
-         'wd_schedule': train.parse_schedule('0:0,1:1e-3')}
+    h = {**cli.hyp, 'epochs': 2, 'momentum_schedule': schedules.parse_schedule('0:0.5,1:0.9'),
+         'wd_schedule': schedules.parse_schedule('0:0,1:1e-3')}
     model = networks.make_model(0.125, 'cpu', torch.float32)
-    opt = train.make_optimizer(model, h)
-    data = train.data_gpu.DeviceCIFAR10(cifar, 'cpu', n_train=256, n_test=10)
-    settings = train.step_settings(h, 2)
+    opt = optimizers.make_optimizer(model, h)
+    data = data_gpu.DeviceCIFAR10(cifar, 'cpu', n_train=256, n_test=10)
+    settings = schedules.step_settings(h, 2)
     train.train_epoch(model, opt, data.train_batches(128), settings[2:], h)
     group = opt.param_groups[0]
-    scale = train.loss_scale(h)  # the step back-propagates loss x scale: SGD gets lr / scale, wd x scale
+    scale = optimizers.loss_scale(h)  # the step back-propagates loss x scale: SGD gets lr / scale, wd x scale
     assert scale == h['batch_size'] == 512
     assert (group['lr'], group['momentum'], group['weight_decay']) == (settings[3]['lr'] / scale, 0.9, 1e-3 * scale)
     assert group['nesterov']
@@ -132,11 +138,11 @@ def test_evaluate_flip_tta_averages_image_and_mirror():
 
 @pytest.mark.gpu
 def test_gpu_epoch_has_no_host_sync(cifar):
-    data = train.data_gpu.DeviceCIFAR10(cifar, 'cuda', torch.float16, n_train=10240, n_test=1000)
-    h = train.hyp
+    data = data_gpu.DeviceCIFAR10(cifar, 'cuda', torch.float16, n_train=10240, n_test=1000)
+    h = cli.hyp
     model = networks.make_model(1.0, 'cuda', torch.float16)
-    opt = train.make_optimizer(model, h)
-    settings = train.step_settings(h, data.n_train // h['batch_size'])
+    opt = optimizers.make_optimizer(model, h)
+    settings = schedules.step_settings(h, data.n_train // h['batch_size'])
     train.train_epoch(model, opt, data.train_batches(h['batch_size']), settings, h)  # lazy init outside the check
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode('error')
@@ -160,11 +166,11 @@ def test_ema_after_one_step_equals_the_formula_and_is_kept_in_fp32(cifar):
     torch.manual_seed(0)
     model = networks.make_model(0.125, 'cpu', torch.float16)
     before = [t.detach().float().clone() for t in list(model.parameters()) + [b for b in model.buffers() if b.is_floating_point()]]
-    ema = train.EMA(model, decay=0.9)
-    opt = train.make_optimizer(model, train.hyp)
-    x = train.data_gpu.normalize(cifar['train_x'][:32], torch.float16).contiguous(memory_format=torch.channels_last)
+    ema = optimizers.EMA(model, decay=0.9)
+    opt = optimizers.make_optimizer(model, cli.hyp)
+    x = data_gpu.normalize(cifar['train_x'][:32], torch.float16).contiguous(memory_format=torch.channels_last)
     setting = {'lr': 0.1, 'momentum': 0.9, 'weight_decay': 5e-4, 'blf': 1.0}
-    train.train_epoch(model, opt, [(x, cifar['train_y'][:32])], [setting], train.hyp, ema=ema)
+    train.train_epoch(model, opt, [(x, cifar['train_y'][:32])], [setting], cli.hyp, ema=ema)
     after = [t.detach().float() for t in list(model.parameters()) + [b for b in model.buffers() if b.is_floating_point()]]
     assert any(not torch.equal(a, b) for a, b in zip(after, before)), 'the step changed nothing'
     for shadow, b, a in zip(ema.shadow, before, after):
@@ -220,8 +226,8 @@ def test_early_stop_ends_the_run_and_says_so(cifar, monkeypatch):
         calls.append(tta)
         return {'loss': torch.tensor(10.0 + len(calls)), 'correct': torch.tensor(1.0), 'count': 10}
     monkeypatch.setattr(train, 'evaluate', worsening_evaluate)
-    h = {**train.hyp, 'epochs': 6, 'width': 0.125, 'batch_size': 128, 'early_stop': 2, 'plateau': 1}
-    data = train.data_gpu.DeviceCIFAR10(cifar, 'cpu', n_train=256, n_test=10)
+    h = {**cli.hyp, 'epochs': 6, 'width': 0.125, 'batch_size': 128, 'early_stop': 2, 'plateau': 1}
+    data = data_gpu.DeviceCIFAR10(cifar, 'cpu', n_train=256, n_test=10)
     rows, lines = [], []
     result = train.train_run(h, data, 0, 'cpu', torch.float32, rows.append, log=lines.append)
     assert [r['epoch'] for r in rows] == [1, 2, 3] and result['stopped_at_epoch'] == 3

@@ -3,13 +3,13 @@ import pytest
 import torch
 import torch.nn as nn
 
+import data_gpu
 import networks
-import train
 
 
 @pytest.fixture(scope='module')
 def images(cifar):
-    return train.data_gpu.normalize(cifar['train_x'][:5000], torch.float32)
+    return data_gpu.normalize(cifar['train_x'][:5000], torch.float32)
 
 
 def test_whitened_2x2_patches_have_identity_covariance(images):

@@ -7,6 +7,10 @@ without this file a `.item()` slipped into a step would go unnoticed until a GPU
 import pytest
 import torch
 
+import blf_step
+import cli
+import data_gpu
+import schedules
 import train
 from syncguard import SyncGuard
 
@@ -37,16 +41,16 @@ CONFIGS = {
 
 @pytest.fixture(scope='module')
 def data(cifar):
-    return train.data_gpu.DeviceCIFAR10(cifar, 'cpu', torch.float32, n_train=256, n_test=64)
+    return data_gpu.DeviceCIFAR10(cifar, 'cpu', torch.float32, n_train=256, n_test=64)
 
 
 def guarded_epoch(data, extra, batch=64):
     """One epoch as train_run runs it (schedules, BLF, EMA, scaler, mixer), under the guard."""
-    h = {**train.hyp, 'batch_size': batch, 'width': 0.125, 'precision': 'fp32', 'epochs': 2, **extra}
-    backend = train.blf_backend(h['blf_impl'], 'cpu') if h['blf'] is not None else None
+    h = {**cli.hyp, 'batch_size': batch, 'width': 0.125, 'precision': 'fp32', 'epochs': 2, **extra}
+    backend = blf_step.blf_backend(h['blf_impl'], 'cpu') if h['blf'] is not None else None
     parts = train.run_parts(h, 'cpu', torch.float32, 0, backend)
     steps = data.n_train // batch
-    settings = train.step_settings(h, steps)[steps // 2:]  # mid-schedule: momentum > 0, BLF p < 1
+    settings = schedules.step_settings(h, steps)[steps // 2:]  # mid-schedule: momentum > 0, BLF p < 1
     host = [parts['blf'].count.host] if parts['blf'] is not None else []
     with SyncGuard(host) as guard:
         totals = train.train_epoch(parts['model'], parts['opt'], data.train_batches(batch), settings, h,

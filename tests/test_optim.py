@@ -5,28 +5,33 @@ import pytest
 import torch
 import torch.nn as nn
 
+import blf_step
+import cli
+import data_gpu
 import networks
+import optimizers
+import schedules
 import train
 
 # The formula tests below state the update for the gradient of the loss as written: scale 1. The
 # loss-scale tests check that any other scale gives the same updates.
-HYP = {**train.hyp, 'loss_scale': 1.0}
+HYP = {**cli.hyp, 'loss_scale': 1.0}
 
 
 def tiny(hyp, fused=False):
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2, bias=False))
-    return model, train.make_optimizer(model, hyp, fused=fused)
+    return model, optimizers.make_optimizer(model, hyp, fused=fused)
 
 
 SETTING = {'lr': 0.1, 'momentum': 0.0, 'weight_decay': 0.01, 'blf': 1.0}
 
 
 def step(model, opt, hyp, loss_fn, scaler=None, setting=SETTING):
-    train.apply_setting(opt, setting, hyp)
+    optimizers.apply_setting(opt, setting, hyp)
     before = [p.detach().clone() for p in model.parameters()]
     loss = loss_fn(model)
-    train.backward_and_step(model, opt, loss, hyp, scaler)
+    optimizers.backward_and_step(model, opt, loss, hyp, scaler)
     return before
 
 
@@ -40,10 +45,10 @@ def test_param_groups_put_batchnorm_and_biases_apart():
     weights, norms = opt.param_groups
     assert [p.shape for p in weights['params']] == [(4, 3), (2, 4)]
     assert [p.shape for p in norms['params']] == [(4,), (4,), (4,)]  # first bias, BN weight and bias
-    train.apply_setting(opt, SETTING, h)
+    optimizers.apply_setting(opt, SETTING, h)
     assert (weights['lr'], norms['lr']) == (0.1, pytest.approx(6.4))
     assert (weights['weight_decay'], norms['weight_decay']) == (0.01, 0.0)
-    resnet_groups = train.param_groups(networks.ResNet9(0.25), HYP)
+    resnet_groups = optimizers.param_groups(networks.ResNet9(0.25), HYP)
     assert len(resnet_groups[0]['params']) == 9 and len(resnet_groups[1]['params']) == 16
 
 
@@ -71,7 +76,7 @@ def test_adam_takes_momentum_as_beta1_and_adamw_is_decoupled():
     h = {**HYP, 'optimizer': 'adam', 'wd_mode': 'decoupled'}
     model, opt = tiny(h)
     assert isinstance(opt, torch.optim.AdamW)
-    train.apply_setting(opt, {**SETTING, 'momentum': 0.8}, h)
+    optimizers.apply_setting(opt, {**SETTING, 'momentum': 0.8}, h)
     assert opt.param_groups[0]['betas'] == (0.8, 0.999) and opt.param_groups[0]['weight_decay'] == 0.01
     assert isinstance(tiny({**h, 'wd_mode': 'l2'})[1], torch.optim.Adam)
 
@@ -90,13 +95,13 @@ def test_agc_clips_exactly_the_layers_over_the_ratio():
     over, under = nn.Parameter(torch.full((4,), 1.0)), nn.Parameter(torch.full((9,), 2.0))
     over.grad = torch.full((4,), 3.0)    # ||g|| / ||w|| = 3
     under.grad = torch.full((9,), 0.02)  # 0.01
-    train.adaptive_clip_([over, under], ratio=0.1)
+    optimizers.adaptive_clip_([over, under], ratio=0.1)
     torch.testing.assert_close(over.grad.norm(), 0.1 * over.detach().norm())
     torch.testing.assert_close(over.grad, torch.full((4,), 0.1))  # direction kept
     assert torch.equal(under.grad, torch.full((9,), 0.02))
     tiny_w = nn.Parameter(torch.zeros(4))  # zero weights: the eps keeps a small step possible
     tiny_w.grad = torch.ones(4)
-    train.adaptive_clip_([tiny_w], ratio=0.1)
+    optimizers.adaptive_clip_([tiny_w], ratio=0.1)
     torch.testing.assert_close(tiny_w.grad.norm(), torch.tensor(0.1 * 1e-3))
 
 
@@ -119,7 +124,7 @@ def test_agc_costs_the_same_number_of_ops_for_any_number_of_layers():
         for p in params:
             p.grad = torch.randn(5, 4) * 10
         with CountOps() as counter:
-            train.adaptive_clip_(params, ratio=0.1)
+            optimizers.adaptive_clip_(params, ratio=0.1)
         counts.append(counter.ops)
     assert counts[0] == counts[1] < 15, counts
 
@@ -127,7 +132,7 @@ def test_agc_costs_the_same_number_of_ops_for_any_number_of_layers():
 def test_loss_scaling_steps_normally_and_skips_an_overflowing_step():
     h = {**HYP, 'precision': 'amp'}
     model, opt = tiny(h, fused=True)
-    scaler = train.make_scaler(h, 'cpu')
+    scaler = optimizers.make_scaler(h, 'cpu')
     scale = scaler.get_scale()
     before = step(model, opt, h, simple_loss, scaler)
     assert any(not torch.equal(p, w0) for p, w0 in zip(model.parameters(), before))
@@ -151,26 +156,26 @@ def test_a_loss_scale_leaves_the_sgd_trajectory_unchanged(case):
     """Back-propagating loss x S with lr / S and wd x S (clipping bounds x S) is the same SGD: after
     a few steps the weights match the unscaled run up to fp32 rounding. A scale left in the
     gradient, or folded into the wrong hyperparameter, moves them by orders of magnitude more."""
-    h = {**train.hyp, 'weight_decay': 0.05, **SCALE_CASES[case]}
+    h = {**cli.hyp, 'weight_decay': 0.05, **SCALE_CASES[case]}
     setting = {'lr': 0.02, 'momentum': 0.9, 'weight_decay': 0.05, 'blf': 1.0}
     finals = {}
     for scale in (1.0, 64.0, 0.0):  # 0: auto (the batch size, 512; amp: 1)
         hs = {**h, 'loss_scale': scale}
         model, opt = tiny(hs, fused=hs['precision'] == 'amp')
-        scaler = train.make_scaler(hs, 'cpu')
+        scaler = optimizers.make_scaler(hs, 'cpu')
         for _ in range(4):
             step(model, opt, hs, simple_loss, scaler, setting)
         finals[scale] = [p.detach().clone() for p in model.parameters()]
-    assert train.loss_scale({**h, 'loss_scale': 0.0}) == (1.0 if h['precision'] == 'amp' else 512.0)
+    assert optimizers.loss_scale({**h, 'loss_scale': 0.0}) == (1.0 if h['precision'] == 'amp' else 512.0)
     for scale in (64.0, 0.0):
         for a, b in zip(finals[scale], finals[1.0]):
             torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
 
 
 def test_adam_and_amp_default_to_no_loss_scale_and_adam_refuses_one(tmp_path, capsys):
-    assert train.loss_scale({**train.hyp, 'optimizer': 'adam'}) == 1.0
-    assert train.loss_scale({**train.hyp, 'precision': 'amp'}) == 1.0
-    assert train.loss_scale({**train.hyp, 'batch_size': 1024}) == 1024.0
+    assert optimizers.loss_scale({**cli.hyp, 'optimizer': 'adam'}) == 1.0
+    assert optimizers.loss_scale({**cli.hyp, 'precision': 'amp'}) == 1.0
+    assert optimizers.loss_scale({**cli.hyp, 'batch_size': 1024}) == 1024.0
     code = train.main(['--device', 'cpu', '--optimizer', 'adam', '--loss-scale', '512', '--out-dir', str(tmp_path)])
     assert code == 2 and '--loss-scale is for SGD' in capsys.readouterr().err
 
@@ -190,14 +195,14 @@ def test_each_precision_trains_with_the_dtypes_it_promises(cifar, precision):
     """One real step per --precision: the weights (and their gradients) in the promised dtype,
     BatchNorm in fp32, the data on the device in the promised dtype, and a step that moves the
     weights by a finite amount."""
-    h = {**train.hyp, 'precision': precision, 'batch_size': 32, 'width': 0.125}
-    weights, data_dtype = train.PRECISIONS[precision]
-    data = train.data_gpu.DeviceCIFAR10(cifar, 'cpu', data_dtype, n_train=64, n_test=10)
+    h = {**cli.hyp, 'precision': precision, 'batch_size': 32, 'width': 0.125}
+    weights, data_dtype = networks.PRECISIONS[precision]
+    data = data_gpu.DeviceCIFAR10(cifar, 'cpu', data_dtype, n_train=64, n_test=10)
     parts = train.run_parts(h, 'cpu', weights, 0, None)
     model, opt = parts['model'], parts['opt']
     x, y = next(data.train_batches(32))
     assert x.dtype == {'fp32': torch.float32, 'bf16': torch.bfloat16, 'amp': torch.float16, 'fp16': torch.float16}[precision]
-    train.apply_setting(opt, {'lr': 0.1, 'momentum': 0.9, 'weight_decay': 5e-4, 'blf': 1.0}, h)
+    optimizers.apply_setting(opt, {'lr': 0.1, 'momentum': 0.9, 'weight_decay': 5e-4, 'blf': 1.0}, h)
     before = [p.detach().float().clone() for p in model.parameters()]
     train.train_step(model, opt, x, y, h, train.epoch_totals('cpu', False), parts['scaler'])
     conv = model.prep[0].weight
@@ -222,14 +227,14 @@ TRICK_SETS = {
 @pytest.mark.gpu
 @pytest.mark.parametrize('name', list(TRICK_SETS))
 def test_gpu_epoch_with_tricks_has_no_host_sync(cifar, name):
-    h = {**train.hyp, **TRICK_SETS[name]}
-    h['precision'] = train.resolve_precision(h['precision'], 'cuda')
-    weights, inputs = train.PRECISIONS[h['precision']]
-    data = train.data_gpu.DeviceCIFAR10(cifar, 'cuda', inputs, n_train=10240, n_test=1000, cutout_count=h['cutout_count'])
-    backend = train.blf_backend('triton', 'cuda') if h['blf'] else None
+    h = {**cli.hyp, **TRICK_SETS[name]}
+    h['precision'] = networks.resolve_precision(h['precision'], 'cuda')
+    weights, inputs = networks.PRECISIONS[h['precision']]
+    data = data_gpu.DeviceCIFAR10(cifar, 'cuda', inputs, n_train=10240, n_test=1000, cutout_count=h['cutout_count'])
+    backend = blf_step.blf_backend('triton', 'cuda') if h['blf'] else None
     train.warm_up(h, data, 'cuda', weights, backend)
     parts = train.run_parts(h, 'cuda', weights, 0, backend)
-    settings = train.step_settings(h, data.n_train // h['batch_size'])
+    settings = schedules.step_settings(h, data.n_train // h['batch_size'])
     args = (parts['model'], parts['opt'], None, settings, h, parts['blf'], parts['ema'], parts['scaler'], parts['mixer'])
     train.train_epoch(*args[:2], data.train_batches(h['batch_size']), *args[3:])
     torch.cuda.synchronize()

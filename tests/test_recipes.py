@@ -5,16 +5,19 @@ import os
 import pytest
 import torch
 
+import cli
+import data_gpu
 import recipes
+import schedules
 import train
 from conftest import run_script
 
 
 def test_a_flag_overrides_its_recipe_and_the_recipe_overrides_the_defaults():
-    args = train.parse_args(['--recipe', 'airbench94', '--epochs', '12', '--label-smoothing', '0.1'])
+    args = cli.parse_args(['--recipe', 'airbench94', '--epochs', '12', '--label-smoothing', '0.1'])
     assert args.net == 'airbench94' and args.batch_size == 1024 and args.flip == 2 and args.tta == 3
     assert args.epochs == 12 and args.label_smoothing == 0.1
-    plain = train.parse_args([])
+    plain = cli.parse_args([])
     assert plain.recipe == 'myrtle' and plain.net == 'resnet9' and plain.epochs == 24 and plain.batch_size == 512
 
 
@@ -26,8 +29,8 @@ def test_airbench94_hyperparameters_are_the_papers_converted_to_the_mean_loss():
     assert r['lr'] / 1024 == pytest.approx(11.5 / kilostep) == pytest.approx(0.0014648, rel=1e-4)
     assert r['weight_decay'] * 1024 == pytest.approx(0.0153 * 1024 / kilostep / (11.5 / kilostep))
     assert r['lr'] * r['weight_decay'] == pytest.approx(0.0153 * 1024 / kilostep)  # the decay per step
-    h = {**train.hyp, **r}
-    settings = train.step_settings(h, 48)  # 48 steps per epoch at batch 1024
+    h = {**cli.hyp, **r}
+    settings = schedules.step_settings(h, 48)  # 48 steps per epoch at batch 1024
     lrs = [s['lr'] for s in settings]
     assert len(settings) == round(9.9 * 48) == 475
     assert lrs[0] == pytest.approx(0.2 * r['lr']) and max(lrs) == pytest.approx(r['lr'], rel=5e-3)
@@ -36,7 +39,7 @@ def test_airbench94_hyperparameters_are_the_papers_converted_to_the_mean_loss():
 
 
 def test_the_whitening_bias_trains_for_its_epochs_only(cifar, monkeypatch):
-    data = train.data_gpu.DeviceCIFAR10(cifar, 'cpu', torch.float32, n_train=256, n_test=50, crop_pad=2, cutout=0)
+    data = data_gpu.DeviceCIFAR10(cifar, 'cpu', torch.float32, n_train=256, n_test=50, crop_pad=2, cutout=0)
     seen = {}
     real_parts = train.run_parts
 
@@ -46,7 +49,7 @@ def test_the_whitening_bias_trains_for_its_epochs_only(cifar, monkeypatch):
     monkeypatch.setattr(train, 'run_parts', keep)
     biases = {}
     for epochs in (0.0, 5.0):
-        h = {**train.hyp, **recipes.RECIPES['airbench94'], 'batch_size': 64, 'epochs': 2, 'width': 0.125,
+        h = {**cli.hyp, **recipes.RECIPES['airbench94'], 'batch_size': 64, 'epochs': 2, 'width': 0.125,
              'precision': 'fp32', 'whiten_bias_epochs': epochs}
         train.train_run(h, data, 0, 'cpu', torch.float32, lambda row: None, log=lambda line: None)
         biases[epochs] = seen['model'].whiten.bias.detach().clone()
