@@ -13,6 +13,7 @@ import tempfile
 import torch
 
 import distributed
+import networks
 import recipes
 from kernels import MAX_BATCH
 from schedules import parse_schedule
@@ -24,7 +25,12 @@ from schedules import parse_schedule
 
 
 hyp = {
-    'net': 'resnet9',          # resnet9 (Myrtle) or airbench94 (networks.py)
+    'net': 'resnet9',          # resnet9 (Myrtle), airbench94 or airbench94-muon (networks.py)
+    'activation': 'auto',      # auto (the net's own: resnet9 relu, airbench94 gelu), relu, celu, gelu, silu
+    'ghost_bn': 0,             # resnet9: BatchNorm statistics over sub-batches of this many images (0 = the whole batch)
+    'frozen_bn_scale': 0,      # resnet9: 1 = BatchNorm scales frozen at 1, only the biases learn
+    'pool_before_bn': 0,       # resnet9: 1 = conv -> MaxPool -> BN -> activation in the downsampling layers
+    'whiten': 0,               # resnet9: 3 = a frozen 3x3 patch-whitening prep layer set from the data, then a 1x1 conv
     'epochs': 24,              # passes over the training set (Myrtle's ResNet-9 recipe: 24); may be fractional
     'batch_size': 512,         # images per optimizer step
     'lr': 0.4,                 # peak learning rate for the batch-mean loss (= Myrtle's 0.4/512 per image on the summed loss)
@@ -38,7 +44,9 @@ hyp = {
     'momentum': 0.9,           # Nesterov momentum (Adam: beta1)
     'weight_decay': 5e-4,      # on all parameters, for the batch-mean loss (= Myrtle's 5e-4*512 on the summed loss)
     'wd_mode': 'l2',           # l2: added to the gradient (Myrtle); decoupled: w -= lr*wd*w apart from it (SGDW/AdamW)
-    'optimizer': 'sgd',        # sgd (Nesterov) or adam
+    'optimizer': 'sgd',        # sgd (Nesterov), adam, or muon (Muon on conv filters, Nesterov SGD for the rest)
+    'muon_lr': 0.24,           # --optimizer muon: Muon's lr (the schedule's shape scales it: muon_lr x lr(t) / lr)
+    'muon_momentum': 0.6,      # --optimizer muon: Muon's Nesterov momentum
     'bn_weight_decay': 1,      # weight-decay multiplier for BatchNorm parameters and biases (0: none)
     'bn_lr_scale': 1.0,        # learning-rate multiplier for BatchNorm parameters (and biases)
     'clip_norm': 0.0,          # clip the global gradient norm to this (0 = off)
@@ -56,7 +64,9 @@ hyp = {
     'tta': 1,                  # final evaluation: 0 = plain, 1 = + mirror image, 2 = + 1-pixel translations of both, 3 = 2 weighted
     'whiten_bias_epochs': 0.0, # airbench94 net: the whitening layer's bias trains for this many epochs, then freezes
     'lookahead': 0,            # 1: airbench's lookahead (every 5 steps, decay 0.95^5 (t/T)^3), weights handed over at the end
-    'ema': 0.0,                # decay per step of an exponential moving average of the weights (0 = off); evaluate with it
+    'ema': 0.0,                # decay per update of an exponential moving average of the weights (0 = off); evaluate with it
+    'ema_every': 1,            # update the average every this many steps (Myrtle post 8: 5)
+    'compile': 0,              # 1 = torch.compile the network (compiled for every shape in the untimed warm-up)
     'plateau': 3,              # print a line when the test loss has not improved for this many epochs (0 = never)
     'early_stop': 0,           # stop when the test loss has not improved for this many epochs (0 = never)
     'eval_batch_size': 1000,   # images per evaluation forward
@@ -75,7 +85,15 @@ hyp = {
 
 
 HELP = {
-    'net': 'network: resnet9 (Myrtle) or airbench94 (2x2 whitening, three conv groups; see networks.py)',
+    'net': 'network: resnet9 (Myrtle), airbench94 (2x2 whitening, three conv groups; see networks.py) or '
+           'airbench94-muon (the same, with a unit-std head and logits / 256)',
+    'activation': 'activation function: auto (the net\'s own: relu for resnet9, gelu for airbench94), relu, '
+                  'celu (alpha 0.3, Myrtle post 8), gelu, silu',
+    'ghost_bn': 'resnet9: ghost BatchNorm, statistics over sub-batches of this many images in training (0 = off)',
+    'frozen_bn_scale': 'resnet9: 1 = BatchNorm scales frozen at 1 (only the biases learn)',
+    'pool_before_bn': 'resnet9: 1 = max-pool right after the conv in the downsampling layers (BN and activation on 1/4 of the pixels)',
+    'whiten': 'resnet9: 3 = the prep layer becomes a frozen 3x3 patch-whitening conv (from the first 5000 training '
+              'images, inside the clock) and a 1x1 conv (Myrtle post 8); 0 = a plain conv',
     'epochs': 'passes over the training set (fractional: the last epoch stops part way, as airbench94\'s 9.9)',
     'batch_size': 'images per optimizer step',
     'lr': 'peak learning rate for the batch-mean loss (whatever --loss-scale is: the optimizer gets lr / scale)',
@@ -91,7 +109,10 @@ HELP = {
     'momentum': 'Nesterov momentum (beta1 for Adam)',
     'weight_decay': 'weight decay for the batch-mean loss (the optimizer gets wd x --loss-scale)',
     'wd_mode': 'l2 (added to the gradient) or decoupled (w -= lr * wd * w: SGDW, AdamW)',
-    'optimizer': 'sgd (Nesterov momentum) or adam (needs fp32 weights: --precision amp or fp32)',
+    'optimizer': 'sgd (Nesterov momentum), adam (needs fp32 weights: --precision amp or fp32), or muon '
+                 '(airbench94_muon: Muon on the conv filters, Nesterov SGD with --lr for the rest)',
+    'muon_lr': '--optimizer muon: Muon\'s learning rate, scaled over the run as the lr schedule is (a gradient scale does not matter to it)',
+    'muon_momentum': '--optimizer muon: Muon\'s Nesterov momentum',
     'bn_weight_decay': 'weight-decay multiplier for BatchNorm parameters and biases (1: as the weights; 0: none)',
     'bn_lr_scale': 'learning-rate multiplier for BatchNorm parameters and biases',
     'clip_norm': 'clip the global gradient norm to this value (0 = off)',
@@ -111,7 +132,9 @@ HELP = {
            '3 = those six views weighted as airbench94 (1/2 for the plain pair, 1/4 for each shifted pair)',
     'whiten_bias_epochs': 'airbench94 net: train the whitening layer\'s bias for this many epochs, then freeze it',
     'lookahead': '1: lookahead (every 5 steps the slow weights move to the fast ones with decay 0.95^5 (t/T)^3)',
-    'ema': 'decay per step of an exponential moving average of the weights, evaluated instead of them (0 = off)',
+    'ema': 'decay per update of an exponential moving average of the weights, evaluated instead of them (0 = off)',
+    'ema_every': 'update the moving average every this many steps',
+    'compile': '1 = torch.compile the network; every shape the run meets is compiled in the untimed warm-up',
     'plateau': 'print a line when the test loss has not improved for this many epochs (0 = never)',
     'early_stop': 'stop when the test loss has not improved for this many epochs (0 = never; it watches the '
                   'test set, so use it to explore, not for records)',
@@ -166,9 +189,10 @@ def parse_args(argv):
                    help='a named set of the values below (recipes.py); flags given override it. ' +
                         '; '.join(recipes.NOTES.values()).replace('%', '%%'))
     special = {'blf': {'type': float}, 'blf_mode': {'choices': ['compact', 'mask']},
-               'net': {'choices': ['resnet9', 'airbench94']}, 'epochs': {'type': float},
+               'net': {'choices': list(networks.NETWORKS)}, 'epochs': {'type': float},
+               'activation': {'choices': ['auto', 'relu', 'celu', 'gelu', 'silu']}, 'whiten': {'type': int, 'choices': [0, 3]},
                'bn_weight_decay': {'type': float}, 'whiten_bias_epochs': {'type': float},
-               'wd_mode': {'choices': ['l2', 'decoupled']}, 'optimizer': {'choices': ['sgd', 'adam']},
+               'wd_mode': {'choices': ['l2', 'decoupled']}, 'optimizer': {'choices': ['sgd', 'adam', 'muon']},
                'precision': {'choices': ['auto', 'fp16', 'amp', 'bf16', 'fp32']},
                'blf_impl': {'choices': ['triton', 'torch']}, 'subset_control': {'choices': ['none', 'random']},
                **{k: {'type': parse_schedule} for k in ('lr_schedule', 'momentum_schedule', 'wd_schedule', 'blf_schedule')}}
@@ -201,14 +225,24 @@ def check_args(args):
         (args.loss_scale >= 0, f'--loss-scale must be >= 0 (0 = auto), got {args.loss_scale}'),
         (args.optimizer != 'adam' or args.loss_scale in (0, 1),
          '--loss-scale is for SGD: Adam is invariant to a gradient scale (and needs fp32 weights, where amp scales)'),
-        (0 < args.lr_peak < 1, f'--lr-peak must be in (0, 1), got {args.lr_peak}'),
+        (0 <= args.lr_peak < 1, f'--lr-peak must be in [0, 1) (0: no warm-up), got {args.lr_peak}'),
         (args.lr_start >= 0 and args.lr_end >= 0, '--lr-start and --lr-end must be >= 0'),
         (0 <= args.momentum < 1, f'--momentum must be in [0, 1), got {args.momentum}'),
         (args.weight_decay >= 0, f'--weight-decay must be >= 0, got {args.weight_decay}'),
         (args.bn_weight_decay >= 0, f'--bn-weight-decay must be >= 0, got {args.bn_weight_decay}'),
         (args.whiten_bias_epochs >= 0, f'--whiten-bias-epochs must be >= 0, got {args.whiten_bias_epochs}'),
         (args.lookahead in (0, 1), f'--lookahead must be 0 or 1, got {args.lookahead}'),
-        (args.net == 'resnet9' or not args.dropout, '--dropout is for the resnet9 net'),
+        (args.net == 'resnet9' or not any(getattr(args, k) for k in networks.RESNET9_OPTIONS),
+         '--dropout, --ghost-bn, --frozen-bn-scale, --pool-before-bn and --whiten are for --net resnet9'),
+        (args.ghost_bn >= 0 and (not args.ghost_bn or args.batch_size % args.ghost_bn == 0),
+         f'--ghost-bn must be >= 0 and divide --batch-size {args.batch_size}, got {args.ghost_bn}'),
+        (args.frozen_bn_scale in (0, 1) and args.pool_before_bn in (0, 1), '--frozen-bn-scale and --pool-before-bn are 0 or 1'),
+        (args.optimizer != 'muon' or args.precision != 'amp',
+         '--optimizer muon: use --precision fp16, bf16 or fp32 (amp\'s scaler would wait for the GPU at every step)'),
+        (args.muon_lr > 0 and 0 <= args.muon_momentum < 1, '--muon-lr must be > 0 and --muon-momentum in [0, 1)'),
+        (args.ema_every >= 1, f'--ema-every must be at least 1, got {args.ema_every}'),
+        (args.compile in (0, 1), f'--compile must be 0 or 1, got {args.compile}'),
+        (not (args.compile and args.data_parallel), '--compile with --data-parallel is not supported yet'),
         (args.bn_lr_scale >= 0, f'--bn-lr-scale must be >= 0, got {args.bn_lr_scale}'),
         (args.clip_norm >= 0, f'--clip-norm must be >= 0, got {args.clip_norm}'),
         (args.agc >= 0, f'--agc must be >= 0, got {args.agc}'),

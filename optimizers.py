@@ -32,24 +32,38 @@ def newton_schulz(matrix, steps=3, coefficients=NS_COEFFICIENTS, eps=1e-7):
 
 
 class Muon(torch.optim.Optimizer):
-    """Muon on conv filters: Nesterov momentum on the gradient; each step first rescales the filter
-    to norm sqrt(out_channels) (the filter renormalisation that replaces weight decay), then moves
-    it by -lr x newton_schulz(update flattened to [out, in x k x k]). Gradient scale does not matter
-    (the update is normalised), so the loss scale needs no unscaling."""
+    """Muon on conv filters, and Nesterov SGD for every other parameter, as airbench94_muon trains
+    (one optimizer here, so that train.py's step handles it like SGD).
 
-    def __init__(self, params, lr=0.24, momentum=0.6, nesterov=True, ns_steps=3):
-        super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps))
+    A group with muon=True (the default): Nesterov momentum on the gradient; each step first
+    rescales the filter to norm sqrt(out_channels) (the filter renormalisation that replaces weight
+    decay), then moves it by -lr x newton_schulz(update flattened to [out, in x k x k]). The update
+    is normalised, so the gradient's scale (the loss scale) does not matter to it.
+    A group with muon=False: torch's SGD with Nesterov momentum and L2 weight decay, in foreach ops
+    (g += wd p; buf = momentum buf + g; p -= lr (g + momentum buf))."""
+
+    def __init__(self, params, lr=0.24, momentum=0.6, nesterov=True, ns_steps=3, weight_decay=0.0):
+        super().__init__(params, dict(lr=lr, momentum=momentum, nesterov=nesterov, ns_steps=ns_steps,
+                                      weight_decay=weight_decay, muon=True))
 
     @torch.no_grad()
     def step(self):
         for group in self.param_groups:
+            params = [p for p in group['params'] if p.grad is not None]
+            if not params:
+                continue
             lr, momentum = group['lr'], group['momentum']
-            for p in group['params']:
-                if p.grad is None:
-                    continue
-                buf = self.state[p].setdefault('momentum_buffer', torch.zeros_like(p.grad))
-                buf.mul_(momentum).add_(p.grad)
-                update = p.grad.add(buf, alpha=momentum) if group['nesterov'] else buf
+            bufs = [self.state[p].setdefault('momentum_buffer', torch.zeros_like(p)) for p in params]
+            grads = [p.grad for p in params]
+            if not group['muon'] and group['weight_decay']:
+                grads = torch._foreach_add(grads, params, alpha=group['weight_decay'])
+            torch._foreach_mul_(bufs, momentum)
+            torch._foreach_add_(bufs, grads)
+            updates = torch._foreach_add(grads, bufs, alpha=momentum) if group['nesterov'] else bufs
+            if not group['muon']:
+                torch._foreach_add_(params, updates, alpha=-lr)
+                continue
+            for p, update in zip(params, updates):
                 p.mul_(len(p) ** 0.5 / p.norm().clamp_min(1e-12))
                 p.add_(newton_schulz(update.reshape(len(update), -1), group['ns_steps']).view_as(p), alpha=-lr)
 
@@ -89,13 +103,19 @@ class Lookahead:
 
 def param_groups(model, hyp):
     """Weights of convolutions and linear layers; BatchNorm parameters and biases, with their own
-    lr multiplier and weight decay switch (the 'no wd on bias and BN' and 'BN lr x64' tricks)."""
+    lr multiplier and weight decay switch (the 'no wd on bias and BN' and 'BN lr x64' tricks).
+    --optimizer muon puts the conv filters (4-D weights) in a group of their own, first."""
     weights, norms = [], []
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
             (norms if isinstance(module, nn.modules.batchnorm._BatchNorm) or name == "bias" else weights).append(p)
-    return [{'params': weights, 'lr_scale': 1.0, 'wd_scale': 1.0},
-            {'params': norms, 'lr_scale': hyp['bn_lr_scale'], 'wd_scale': float(hyp['bn_weight_decay'])}]
+    groups = [{'params': weights, 'lr_scale': 1.0, 'wd_scale': 1.0},
+              {'params': norms, 'lr_scale': hyp['bn_lr_scale'], 'wd_scale': float(hyp['bn_weight_decay'])}]
+    if hyp['optimizer'] == 'muon':
+        filters = [p for p in weights if p.dim() == 4]
+        groups[0]['params'] = [p for p in weights if p.dim() != 4]
+        groups = [{'params': filters, 'muon': True, 'lr_scale': 1.0, 'wd_scale': 0.0}] + [{**g, 'muon': False} for g in groups]
+    return groups
 
 
 def loss_scale(hyp):
@@ -113,12 +133,14 @@ def loss_scale(hyp):
 
 
 def make_optimizer(model, hyp, fused=False):
-    """SGD with Nesterov momentum, or Adam; weight decay in the groups (l2) or applied apart
+    """SGD with Nesterov momentum, Adam, or Muon (with SGD for what is not a conv filter); weight decay in the groups (l2) or applied apart
     (decoupled: AdamW, or SGDW by backward_and_step). fused=True for loss scaling without syncs.
     lr, momentum and weight decay are set before every step by apply_setting."""
     momenta = [m for _, m in schedules(hyp)['momentum']]
     decoupled = hyp['wd_mode'] == 'decoupled'
     kwargs = {'fused': True} if fused else {}
+    if hyp['optimizer'] == 'muon':
+        return Muon(param_groups(model, hyp), lr=0.0, momentum=max(momenta))
     if hyp['optimizer'] == 'adam':
         cls = torch.optim.AdamW if decoupled else torch.optim.Adam
         return cls(param_groups(model, hyp), lr=0.0, betas=(momenta[0], 0.999), weight_decay=hyp['weight_decay'], **kwargs)
@@ -131,10 +153,15 @@ def make_optimizer(model, hyp, fused=False):
 def apply_setting(opt, setting, hyp):
     """Hand one step's scheduled values (host floats) to every parameter group. The gradients are
     loss_scale times those of the batch-mean loss, so SGD gets lr / scale and weight decay x scale
-    (the product lr x wd of decoupled decay is unchanged)."""
-    sgdw = hyp['wd_mode'] == 'decoupled' and hyp['optimizer'] == 'sgd'
-    scale = loss_scale(hyp) if hyp['optimizer'] == 'sgd' else 1.0
+    (the product lr x wd of decoupled decay is unchanged). Muon's filters get --muon-lr times the
+    schedule's current share of --lr, --muon-momentum, and no weight decay."""
+    sgdw = hyp['wd_mode'] == 'decoupled' and hyp['optimizer'] in ('sgd', 'muon')
+    scale = loss_scale(hyp) if hyp['optimizer'] in ('sgd', 'muon') else 1.0
     for group in opt.param_groups:
+        if group.get('muon'):
+            group.update(lr=hyp['muon_lr'] * setting['lr'] / hyp['lr'], momentum=hyp['muon_momentum'],
+                         weight_decay=0.0, decoupled_wd=0.0)
+            continue
         group['lr'] = setting['lr'] * group['lr_scale'] / scale
         wd = setting['weight_decay'] * group['wd_scale'] * scale
         group['decoupled_wd'], group['weight_decay'] = (wd, 0.0) if sgdw else (0.0, wd)
@@ -199,11 +226,12 @@ def averaged_tensors(model):
 
 class EMA:
     """Exponential moving average of the weights and BatchNorm statistics, in fp32 whatever the
-    model's dtype (fp16 would round away updates of (1 - decay) * difference). update() is one
-    foreach lerp after each optimizer step, no sync; model() returns a copy holding the average."""
+    model's dtype (fp16 would round away updates of (1 - decay) * difference). update() is called
+    after each optimizer step and averages on every `every`-th (Myrtle post 8: every 5 steps with
+    decay 0.99^5), one foreach lerp, no sync; model() returns a copy holding the average."""
 
-    def __init__(self, model, decay):
-        self.decay = decay
+    def __init__(self, model, decay, every=1):
+        self.decay, self.every, self.steps = decay, every, 0
         self.tensors = averaged_tensors(model)
         self.restart()
         self.copy = copy.deepcopy(model)
@@ -215,6 +243,9 @@ class EMA:
 
     @torch.no_grad()
     def update(self):
+        self.steps += 1
+        if self.steps % self.every:
+            return
         torch._foreach_lerp_(self.shadow, [t.detach().float() for t in self.tensors], 1 - self.decay)
 
     @torch.no_grad()

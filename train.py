@@ -30,7 +30,7 @@ import distributed
 import optimizers
 from blf_step import BLF, BLF_TOTALS, blf_backend, blf_train_step
 from cli import UserError, hyp, parse_args, check_args, schedule_notes, use_device
-from networks import PRECISIONS, autocast, make_model, resolve_precision
+from networks import PRECISIONS, autocast, make_model, net_options, resolve_precision
 from optimizers import EMA, apply_setting, averaged_tensors, backward_and_step, loss_scale, make_optimizer, make_scaler
 from record import Follower, RankFailed, Record, environment, finish_record, format_row, gather_runs, save_source_state, table_header
 from schedules import step_settings
@@ -156,8 +156,10 @@ def warm_up(hyp, data, device, dtype, backend=None, steps=3):
     gathers, where, masked_fill) and the allocator's segments for an augmented epoch (about 1.5 GB
     in fp16) all happen here, not in epoch 1 of a timed run. It trains a few steps on real augmented
     batches from data.train_batches, in two epochs (the second reuses the first's memory, as the
-    run's epochs do), then every compact kept-batch size and the evaluation shapes. The model and
-    optimiser are thrown away; train_run reseeds the data, so the runs' streams do not depend on it."""
+    run's epochs do), then every compact kept-batch size and the evaluation shapes; with a whitening
+    bias that freezes part way (airbench94), the steps and shapes once more with it frozen (under
+    --compile that is another set of graphs). The model and optimiser are thrown away; train_run
+    reseeds the data, so the runs' streams do not depend on it."""
     parts = run_parts(hyp, device, dtype, 12345, backend, steps=4 * steps)
     model, opt, blf = parts['model'], parts['opt'], parts['blf']
     extras = {k: parts[k] for k in ('ema', 'scaler', 'mixer', 'lookahead')}
@@ -165,21 +167,34 @@ def warm_up(hyp, data, device, dtype, backend=None, steps=3):
     settings = step_settings(hyp, 1)[:1] * steps
     init_weights_from_data(parts, data)
     data.reseed(12345)
-    for _ in range(2):
-        batches = list(itertools.islice(data.train_batches(bs), steps))
-        train_epoch(model, opt, batches, settings, hyp, **extras)
-    x, y = batches[-1]
-    if blf is not None:
-        sizes = [bs] if hyp['blf_mode'] == 'mask' else sorted(
-            {min(bs, k) for k in range(hyp['blf_bucket'], bs + hyp['blf_bucket'], hyp['blf_bucket']) if k > blf.n_bottom})
-        for size in sizes:  # compact: every kept-batch shape the run can meet
-            blf.fixed_size = size
-            train_epoch(model, opt, [(x, y)], settings[:1], hyp, blf, **extras)
-    n_test, ebs = len(data.test_y), hyp['eval_batch_size']
-    for n in {min(ebs, n_test), n_test % ebs or ebs}:  # the full and the last partial evaluation batch
-        evaluate(model, [(data.test_x[:n], data.test_y[:n])], tta=hyp['tta'], amp=hyp['precision'] == 'amp')
+    for frozen in whitening_bias_states(model, hyp):
+        if frozen is not None:
+            model.whiten.bias.requires_grad_(not frozen)
+        for _ in range(2):
+            batches = list(itertools.islice(data.train_batches(bs), steps))
+            train_epoch(model, opt, batches, settings, hyp, **extras)
+        x, y = batches[-1]
+        if blf is not None:
+            sizes = [bs] if hyp['blf_mode'] == 'mask' else sorted(
+                {min(bs, k) for k in range(hyp['blf_bucket'], bs + hyp['blf_bucket'], hyp['blf_bucket']) if k > blf.n_bottom})
+            for size in sizes:  # compact: every kept-batch shape the run can meet
+                blf.fixed_size = size
+                train_epoch(model, opt, [(x, y)], settings[:1], hyp, blf, **extras)
+            blf.fixed_size = None
+        n_test, ebs = len(data.test_y), hyp['eval_batch_size']
+        for n in {min(ebs, n_test), n_test % ebs or ebs}:  # the full and the last partial evaluation batch
+            evaluate(model, [(data.test_x[:n], data.test_y[:n])], tta=hyp['tta'], amp=hyp['precision'] == 'amp')
     if torch.device(device).type == 'cuda':
         torch.cuda.synchronize()
+
+
+def whitening_bias_states(model, hyp):
+    """The states a run's whitening bias goes through: [False, True] (trains, then frozen after
+    --whiten-bias-epochs), [True] or [False]; [None] for a network without one."""
+    whiten = getattr(model, 'whiten', None)
+    if whiten is None or whiten.bias is None:
+        return [None]
+    return sorted({epoch >= hyp['whiten_bias_epochs'] for epoch in range(math.ceil(hyp['epochs']))})
 
 
 class Plateau:
@@ -220,21 +235,45 @@ def epoch_row(seed, epoch, lr, totals, test, seconds, total):
 
 def run_parts(hyp, device, dtype, seed, backend=None, steps=1):
     """What one run trains with: model, optimizer, and the optional BLF state, EMA, lookahead
-    (over `steps` steps), loss scaler and Mixup/CutMix mixer (None when off)."""
-    model = make_model(hyp['width'], device, dtype, dropout=hyp['dropout'], net=hyp['net'])
+    (over `steps` steps), loss scaler and Mixup/CutMix mixer (None when off). --compile compiles the
+    model last, so EMA's copy (evaluation only) stays eager."""
+    model = make_model(hyp['width'], device, dtype, net=hyp['net'], **net_options(hyp))
     scaler = make_scaler(hyp, device)
-    return {'model': model, 'opt': make_optimizer(model, hyp, fused=scaler is not None), 'scaler': scaler,
-            'blf': BLF(hyp, backend, device, hyp['batch_size'], seed) if hyp['blf'] is not None else None,
-            'ema': EMA(model, hyp['ema']) if hyp['ema'] else None,
-            'lookahead': optimizers.Lookahead(averaged_tensors(model), steps) if hyp['lookahead'] else None,
-            'mixer': data_gpu.Mixer(hyp, device, seed) if hyp['mixup'] or hyp['cutmix'] else None}
+    parts = {'model': model, 'opt': make_optimizer(model, hyp, fused=scaler is not None), 'scaler': scaler,
+             'blf': BLF(hyp, backend, device, hyp['batch_size'], seed) if hyp['blf'] is not None else None,
+             'ema': EMA(model, hyp['ema'], hyp['ema_every']) if hyp['ema'] else None,
+             'lookahead': optimizers.Lookahead(averaged_tensors(model), steps) if hyp['lookahead'] else None,
+             'mixer': data_gpu.Mixer(hyp, device, seed) if hyp['mixup'] or hyp['cutmix'] else None}
+    if hyp['compile']:
+        compile_model(model)
+    return parts
+
+
+def compile_model(model):
+    """torch.compile the network's forward in place, static shapes. Every instance of a network
+    class shares the compiled graphs, so warm_up's throw-away model compiles each graph the run
+    meets (the batch, each compact BLF size, with and without grad, train and eval modes, the
+    evaluation batches) and the timed run reuses them; compiled_graphs() lets the run check that
+    nothing compiled inside the clock. The BLF kernels run between the compiled forward and its
+    backward, eager, as they run without --compile."""
+    for name in ('recompile_limit', 'cache_size_limit'):  # one graph per shape: more than the default 8
+        if hasattr(torch._dynamo.config, name):
+            setattr(torch._dynamo.config, name, max(getattr(torch._dynamo.config, name), 256))
+    model.compile(dynamic=False)
+
+
+def compiled_graphs():
+    """How many graphs torch.compile has built in this process so far."""
+    from torch._dynamo.utils import counters
+    return counters['stats']['unique_graphs']
 
 
 def init_weights_from_data(parts, data):
-    """airbench94's net: its first layer whitens 2x2 patches of the first 5000 training images
-    (inside the clock, as airbench times it); EMA and lookahead then restart from those weights,
-    not from the ones they copied at construction. Other networks need nothing."""
-    if hasattr(parts['model'], 'init_whitening'):
+    """A whitening first layer (airbench94's 2x2, or resnet9's --whiten 3) is set from the patches of
+    the first 5000 training images, inside the clock (as airbench times it); EMA and lookahead then
+    restart from those weights, not from the ones they copied at construction. Other networks need
+    nothing."""
+    if getattr(parts['model'], 'whiten', None) is not None:
         parts['model'].init_whitening(data.first_images(5000))
         for average in (parts['ema'], parts['lookahead']):
             if average is not None:
@@ -265,7 +304,7 @@ def train_run(hyp, data, seed, device, dtype, on_epoch, backend=None, log=print,
     for epoch in range(math.ceil(len(settings) / steps_per_epoch)):
         group.barrier()
         start = clock.mark()
-        if hasattr(inner, 'whiten') and epoch >= hyp['whiten_bias_epochs']:
+        if getattr(inner, 'whiten', None) is not None and inner.whiten.bias is not None and epoch >= hyp['whiten_bias_epochs']:
             inner.whiten.bias.requires_grad_(False)  # airbench: the whitening bias trains for the first epochs only
         epoch_settings = settings[epoch * steps_per_epoch:(epoch + 1) * steps_per_epoch]
         filtering = blf if blf is not None and epoch + 1 >= hyp['blf_start_epoch'] else None
@@ -418,9 +457,14 @@ def train_runs(args, argv, h, data, device, dtype, backend, record, env, results
     for i, seed in enumerate(seeds):
         log(f'\nrun {i + 1}/{len(seeds)}, seed {seed}')
         log(table_header(blf_on))
+        graphs = compiled_graphs() if h['compile'] else 0
         result = train_run(h, data, seed, device, dtype, on_epoch, backend, log,
                            group if group.data_parallel else None)  # seeds over ranks: independent runs
         result.update(rank=group.rank, device=str(device))
+        if h['compile']:  # warm-up should have compiled every graph; one compiled in the clock is slow and said
+            result['graphs_compiled_in_clock'] = compiled_graphs() - graphs
+            if result['graphs_compiled_in_clock']:
+                log(f'# note: {result["graphs_compiled_in_clock"]} graph(s) compiled inside the clock of seed {seed}')
         if not group.active or group.data_parallel:
             record.append_jsonl('runs.jsonl', result)
         results.append(result)

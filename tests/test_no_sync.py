@@ -36,6 +36,12 @@ CONFIGS = {
     'amp-clip-agc': {'precision': 'amp', 'clip_norm': 1.0, 'agc': 0.05},
     'amp-adamw-blf-mask': {'precision': 'amp', 'optimizer': 'adam', 'wd_mode': 'decoupled', 'lr': 1e-3,
                            'blf': 0.8, 'blf_mode': 'mask'},
+    # the recipes' pieces: post 8's ResNet-9 options with EMA every 5 steps; airbench94-muon's net
+    # and optimizer (Newton-Schulz, the filters' renormalisation) with lookahead and BLF compact
+    'myrtle-tricks-blf-compact': {'activation': 'celu', 'ghost_bn': 32, 'frozen_bn_scale': 1, 'pool_before_bn': 1,
+                                  'whiten': 3, 'ema': 0.95, 'ema_every': 5, 'blf': 0.8, 'blf_bucket': 32},
+    'muon-lookahead-blf-compact': {'net': 'airbench94-muon', 'optimizer': 'muon', 'lr': 40.0, 'lookahead': 1,
+                                   'blf': 0.8, 'blf_bucket': 16},
 }
 
 
@@ -54,7 +60,7 @@ def guarded_epoch(data, extra, batch=64):
     host = [parts['blf'].count.host] if parts['blf'] is not None else []
     with SyncGuard(host) as guard:
         totals = train.train_epoch(parts['model'], parts['opt'], data.train_batches(batch), settings, h,
-                                   parts['blf'], parts['ema'], parts['scaler'], parts['mixer'])
+                                   parts['blf'], parts['ema'], parts['scaler'], parts['mixer'], parts['lookahead'])
     assert totals['count'].item() == steps * batch
     return guard.syncs
 

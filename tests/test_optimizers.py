@@ -60,3 +60,36 @@ def test_lookahead_follows_its_formula():
         p.add_(7.0)
     look.finish()
     torch.testing.assert_close(p.detach(), slow)
+
+
+def test_muon_groups_without_muon_are_torch_nesterov_sgd_with_l2_decay():
+    """airbench94_muon's head and biases: the same steps as torch.optim.SGD(nesterov=True) gives."""
+    gen = torch.Generator().manual_seed(3)
+    w, b = torch.nn.Parameter(torch.randn(10, 6, generator=gen)), torch.nn.Parameter(torch.randn(6, generator=gen))
+    w_ref, b_ref = torch.nn.Parameter(w.detach().clone()), torch.nn.Parameter(b.detach().clone())
+    opt = optimizers.Muon([{'params': [w], 'muon': False, 'lr': 0.3, 'weight_decay': 0.01},
+                           {'params': [b], 'muon': False, 'lr': 0.05, 'weight_decay': 0.2}], momentum=0.85)
+    ref = torch.optim.SGD([{'params': [w_ref], 'lr': 0.3, 'weight_decay': 0.01},
+                           {'params': [b_ref], 'lr': 0.05, 'weight_decay': 0.2}], momentum=0.85, nesterov=True)
+    for _ in range(3):
+        gw, gb = torch.randn(10, 6, generator=gen), torch.randn(6, generator=gen)
+        w.grad, b.grad, w_ref.grad, b_ref.grad = gw, gb, gw.clone(), gb.clone()
+        opt.step()
+        ref.step()
+        torch.testing.assert_close(w.detach(), w_ref.detach())
+        torch.testing.assert_close(b.detach(), b_ref.detach())
+
+
+def test_ema_every_k_steps_averages_on_every_kth_step_only():
+    model = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        model.weight.fill_(0.0)
+    ema = optimizers.EMA(model, decay=0.5, every=3)
+    expected = 0.0
+    for step in range(1, 8):
+        with torch.no_grad():
+            model.weight.fill_(float(step))
+        ema.update()
+        if step % 3 == 0:
+            expected = 0.5 * expected + 0.5 * step
+        assert ema.shadow[0].item() == expected

@@ -76,3 +76,55 @@ def test_a_short_airbench94_run_learns_and_records_its_recipe(cifar_dir, tmp_pat
     else:
         assert result['test_acc'] >= 0.2, result
     assert 'weighted 6-view TTA' in res.stdout
+
+
+def test_airbench94_muon_hyperparameters_are_the_published_ones_converted():
+    """Per summed-loss step at batch 2000: SGD lr 0.67 (head) and 0.053 (biases), weight decay 2e-6 x 2000
+    = 0.004 per step for both (torch's weight_decay = 0.004 / lr), Muon lr 0.24 and momentum 0.6; the
+    lr falls linearly from the first step to 0, Muon's with it. Checked through apply_setting, the
+    values the optimizer's groups actually get."""
+    import networks
+    import optimizers
+    h = {**cli.hyp, **recipes.RECIPES['airbench94-muon'], 'width': 0.125, 'precision': 'fp32'}
+    h['loss_scale'] = optimizers.loss_scale(h)
+    assert h['loss_scale'] == 2000 and h['net'] == 'airbench94-muon' and h['epochs'] == 8
+    model = networks.make_model(h['width'], 'cpu', torch.float32, net=h['net'])
+    opt = optimizers.make_optimizer(model, h)
+    settings = schedules.step_settings(h, 25)  # 50000 / 2000 steps per epoch
+    assert len(settings) == 200
+    muon, head, biases = opt.param_groups
+    assert all(p.dim() == 4 for p in muon['params']) and muon['muon'] and not head['muon'] and not biases['muon']
+    assert head['params'] == [model.linear.weight] and model.whiten.bias in biases['params']
+    for step, share in ((0, 1.0), (100, 0.5), (150, 0.25)):
+        optimizers.apply_setting(opt, settings[step], h)
+        assert muon['lr'] == pytest.approx(0.24 * share) and muon['momentum'] == 0.6 and muon['weight_decay'] == 0
+        assert head['lr'] == pytest.approx(0.67 * share) and biases['lr'] == pytest.approx(0.053 * share)
+        assert head['momentum'] == biases['momentum'] == 0.85
+        assert head['weight_decay'] == pytest.approx(0.004 / 0.67) and biases['weight_decay'] == pytest.approx(0.004 / 0.053)
+
+
+def test_myrtle_tricks_and_fast_resolve_to_their_published_values():
+    args = cli.parse_args(['--recipe', 'myrtle-tricks'])
+    assert args.lr_schedule == [(0, 0), (2, 1.0), (8, 0.1), (10, 0.1)] and args.epochs == 10
+    assert (args.activation, args.ghost_bn, args.frozen_bn_scale, args.pool_before_bn, args.whiten) == ('celu', 32, 1, 1, 3)
+    assert args.ema == pytest.approx(0.99 ** 5) and args.ema_every == 5 and args.cutout == 0 and args.tta == 1
+    assert args.label_smoothing == 0.2 and args.bn_lr_scale == 64 and args.bn_weight_decay == pytest.approx(1 / 64)
+    fast = cli.parse_args(['--recipe', 'fast'])
+    assert (fast.batch_size, fast.epochs, fast.label_smoothing, fast.activation) == (1536, 7.6, 0.09, 'silu')
+    assert fast.lr == pytest.approx(0.67 * 1536) and fast.weight_decay == recipes.RECIPES['airbench94-muon']['weight_decay']
+    assert 'CANDIDATE, never measured on a GPU' in recipes.NOTES['fast']
+
+
+@pytest.mark.parametrize('recipe, extra', [('myrtle-tricks', ['--blf', '0.7', '--blf-start-epoch', '1', '--blf-bucket', '32']),
+                                           ('airbench94-muon', ['--blf', '0.7', '--blf-start-epoch', '1', '--blf-bucket', '16']),
+                                           ('fast', ['--blf', '0.9', '--blf-mode', 'mask', '--subset-control', 'random'])])
+def test_every_new_recipe_runs_with_blf_on_the_cpu(cifar_dir, tmp_path, recipe, extra):
+    """Each recipe at an eighth of its width on 1024 images, with BatchLossFilter (compact, or mask
+    with the random control): it completes, filters, and records the recipe."""
+    res = run_script('train.py', '--recipe', recipe, '--device', 'cpu', '--data-dir', cifar_dir, '--out-dir', tmp_path,
+                     '--n-train', 1024, '--n-test', 200, '--epochs', 2, '--batch-size', 128, '--width', 0.125, *extra)
+    assert res.returncode == 0, res.stderr
+    (record,) = [os.path.join(tmp_path, d) for d in os.listdir(tmp_path)]
+    assert json.load(open(os.path.join(record, 'config.json')))['recipe'] == recipe
+    epochs = [json.loads(line) for line in open(os.path.join(record, 'epochs.jsonl'))]
+    assert len(epochs) == 2 and all(0 < row['kept'] < 1 and row['train_loss'] < 5 for row in epochs[1:])

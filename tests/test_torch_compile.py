@@ -1,0 +1,29 @@
+"""--compile on the CPU (inductor's C++ backend): the same losses as eager, BLF's Triton kernels
+around the compiled network, and no graph compiled inside the clock once warm_up has run."""
+import pytest
+import torch
+
+import blf_step
+import cli
+import data_gpu
+import train
+
+
+def test_a_compiled_run_matches_eager_and_compiles_nothing_inside_the_clock(cifar):
+    data = data_gpu.DeviceCIFAR10(cifar, 'cpu', torch.float32, n_train=512, n_test=100)
+    h = {**cli.hyp, 'width': 0.0625, 'batch_size': 128, 'epochs': 1, 'eval_batch_size': 100, 'precision': 'fp32',
+         'tta': 1, 'blf': 0.8, 'blf_mode': 'mask', 'blf_start_epoch': 1}
+    backend = blf_step.blf_backend('triton', 'cpu')
+    rows, results = {}, {}
+    for compiled in (0, 1):
+        hc = {**h, 'compile': compiled}
+        train.warm_up(hc, data, 'cpu', torch.float32, backend)
+        graphs = train.compiled_graphs()
+        assert graphs > 0 or not compiled
+        rows[compiled] = []
+        results[compiled] = train.train_run(hc, data, 0, 'cpu', torch.float32, rows[compiled].append, backend, log=print)
+        assert train.compiled_graphs() == graphs, 'a graph was compiled inside the clock'
+    eager, compiled = rows[0][0], rows[1][0]
+    for key in ('train_loss', 'kept', 'kept_loss', 'test_loss'):
+        assert compiled[key] == pytest.approx(eager[key], rel=1e-3), key
+    assert results[1]['test_loss'] == pytest.approx(results[0]['test_loss'], rel=1e-3)
