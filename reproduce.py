@@ -19,6 +19,7 @@ are for an H100 and are guesses until a GPU has measured them (--list says which
 """
 import argparse
 import csv
+import importlib.util
 import json
 import os
 import re
@@ -65,6 +66,10 @@ class StageFailed(Exception):
     """A command of the stage failed or a check of its output did not hold; the stage runs again next time."""
 
 
+class StageSkipped(Exception):
+    """The stage has nothing to run with these options (airbench without --airbench); it runs next time."""
+
+
 class Context:
     """What every stage needs: the options, its output folder, and a way to run a logged command."""
 
@@ -75,8 +80,10 @@ class Context:
         self.log_path = os.path.join(self.dir, 'log.txt')
         self.deadline = time.monotonic() + 60 * args.stage_timeout_min
 
-    def run(self, cmd, env=None, check=True):
-        """Run a command from the repo root, its output to the console and to the stage's log.txt."""
+    def run(self, cmd, env=None, check=True, cwd=HERE, stop_after=None):
+        """Run a command (from the repo root by default), its output to the console and to the
+        stage's log.txt. stop_after=S: after S seconds the command is stopped and what it printed
+        is returned with exit code None (for scripts that run more seeds than a stage has time for)."""
         line = '$ ' + shlex.join(cmd[1:] if cmd[0] == sys.executable else cmd)
         print(line, flush=True)
         with open(self.log_path, 'a') as log:
@@ -85,7 +92,9 @@ class Context:
             left = self.deadline - time.monotonic()
             if left <= 0:
                 raise StageFailed(f'the stage ran past --stage-timeout-min {self.args.stage_timeout_min}')
-            proc = subprocess.Popen(cmd, cwd=HERE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            if stop_after is not None:
+                left = min(left, stop_after)
+            proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                     env={**os.environ, 'PYTHONUNBUFFERED': '1', **(env or {})})
             out = []
             try:
@@ -96,6 +105,11 @@ class Context:
             except TimeoutError:
                 proc.kill()
                 proc.wait()
+                if stop_after is not None and left == stop_after:
+                    note = f'# stopped after {stop_after:.0f} s (the stage\'s share of time for it)\n'
+                    print(note, end='', flush=True)
+                    log.write(note)
+                    return None, ''.join(out)
                 raise StageFailed(f'{line[2:]} ran past --stage-timeout-min {self.args.stage_timeout_min}') from None
         if check and proc.returncode != 0:
             raise StageFailed(f'{line[2:]} exited with {proc.returncode}')
@@ -239,14 +253,112 @@ def stage_profile(ctx):
     return {'folder': folder}, f'see profile/{folder}/profile.md'
 
 
-def stage_recipes(ctx):
-    """The leaderboard recipes that exist so far (recipes.py), n = 5 each; the default (myrtle) is the core stage's."""
+def train_groups(ctx, groups):
+    """{name: (flags, runs)}: one train.py invocation per group under the stage's folder; their figures."""
     figures = {}
-    for name in ('airbench94',):
+    for name, (flags, runs) in groups.items():
         out = os.path.join(ctx.dir, name)
-        ctx.train(out, ['--recipe', name], runs=5)
+        ctx.train(out, flags, runs=runs)
         figures[name] = group_figures(out)
     return figures, '; '.join(describe(name, fig) for name, fig in figures.items())
+
+
+def stage_recipes(ctx):
+    """The leaderboard recipes (recipes.py), n = 5 each; the default (myrtle) is the core stage's."""
+    return train_groups(ctx, {name: (['--recipe', name], 5) for name in ('airbench94', 'airbench94-muon', 'myrtle-tricks')})
+
+
+def stage_fast(ctx):
+    """Our `fast` candidate, n = 25 (what a claim of the fastest needs), and airbench94-muon under
+    --compile (the published 2.59 s is compiled), n = 5."""
+    groups = {'fast': (['--recipe', 'fast'], 25),
+              'airbench94-muon-compiled': (['--recipe', 'airbench94-muon', '--compile', '1'], 5)}
+    if ctx.smoke:  # compiling on a CPU takes minutes; tests/test_torch_compile.py covers --compile there
+        del groups['airbench94-muon-compiled']
+    return train_groups(ctx, groups)
+
+
+CIFAR10_CLASSES = ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship', 'truck']
+
+
+def write_airbench_cache(data_dir, folder):
+    """airbench's CifarLoader reads cifar10/train.pt and test.pt: {'images': uint8 [N, 32, 32, 3],
+    'labels': int64 [N], 'classes'}; written here from this repo's data, so the script never
+    downloads (and never needs torchvision's dataset code)."""
+    import torch
+    import data_gpu
+    data = data_gpu.load_cifar10(data_dir, download=False, log=lambda line: None)
+    os.makedirs(folder, exist_ok=True)
+    for part in ('train', 'test'):
+        torch.save({'images': data[f'{part}_x'].permute(0, 2, 3, 1).contiguous(), 'labels': data[f'{part}_y'],
+                    'classes': CIFAR10_CLASSES}, os.path.join(folder, f'{part}.pt'))
+
+
+def airbench_results(out):
+    """(tta_val_acc, time_seconds) of each finished run in an airbench script's printed table: the
+    rows whose epoch column says 'eval'. The run column names a run on its first row only; the
+    untimed warm-up run (random labels) is named 'warmup' and left out."""
+    columns, results, run = None, [], None
+    for line in out.splitlines():
+        cells = [c.strip() for c in line.strip().strip('|').split('|')] if line.lstrip().startswith('|') else None
+        if cells and 'tta_val_acc' in cells and 'time_seconds' in cells:
+            columns = cells
+        elif cells and columns and len(cells) == len(columns):
+            run = cells[columns.index('run')] or run
+            if cells[columns.index('epoch')] == 'eval' and run != 'warmup':
+                results.append((float(cells[columns.index('tta_val_acc')]), float(cells[columns.index('time_seconds')])))
+    return results
+
+
+def stage_airbench(ctx):
+    """Each published airbench script named by --airbench, run on this GPU from this repo's data,
+    then our recipe of the same name (n = 5), back to back: the ratio of their median times is
+    measured side by side. The script runs as published (its own seeds, warm-up and clock) for at
+    most a third of the stage; its cache, and any logs it writes (they hold its code), are deleted
+    afterwards, so nothing of it enters the records."""
+    import shutil
+    import statistics
+    if not ctx.args.airbench:
+        raise StageSkipped('no --airbench PATH given (a local copy of a published airbench script)')
+    figures, lines = {}, []
+    for path in ctx.args.airbench:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        recipe = stem.replace('_', '-')
+        work = os.path.join(ctx.dir, stem)
+        write_airbench_cache(ctx.args.data_dir, os.path.join(work, 'cifar10'))
+        env = {}
+        if importlib.util.find_spec('torchvision') is None:  # the GPU machines lent so far have none
+            env['PYTHONPATH'] = os.pathsep.join(filter(None, [os.path.join(HERE, 'shims'), os.environ.get('PYTHONPATH')]))
+        budget = 60 * ctx.args.stage_timeout_min / 3
+        try:
+            code, out = ctx.run([sys.executable, os.path.abspath(path)], env=env, cwd=work, check=False, stop_after=budget)
+        finally:
+            for leftover in ('cifar10', 'logs'):
+                shutil.rmtree(os.path.join(work, leftover), ignore_errors=True)
+        runs = airbench_results(out)
+        if not runs or code not in (0, None):
+            raise StageFailed(f'{stem}: {len(runs)} finished run(s), exit {code}')
+        accs, times = [a for a, _ in runs], [t for _, t in runs]
+        theirs = {'acc': {'mean': statistics.mean(accs), 'std': statistics.stdev(accs) if len(accs) > 1 else 0.0, 'n': len(accs)},
+                  'time_s': {'median': statistics.median(times), 'min': min(times), 'max': max(times)},
+                  'stopped_early': code is None}
+        figure = {'published_script': theirs}
+        if recipe in recipe_names():
+            ours_dir = os.path.join(ctx.dir, f'ours-{recipe}')
+            ctx.train(ours_dir, ['--recipe', recipe], runs=5)
+            figure['ours'] = group_figures(ours_dir)
+            figure['time_ratio_ours_to_theirs'] = figure['ours']['time_s']['median'] / theirs['time_s']['median']
+        figures[stem] = figure
+        line = describe(f'{stem} (published script)', {**theirs, 'time_s': theirs['time_s']})
+        if 'ours' in figure:
+            line += f'; {describe("ours --recipe " + recipe, figure["ours"])}; time ratio ours/theirs {figure["time_ratio_ours_to_theirs"]:.2f}'
+        lines.append(line)
+    return figures, '; '.join(lines)
+
+
+def recipe_names():
+    import recipes
+    return set(recipes.RECIPES)
 
 
 def stage_ladder(ctx):
@@ -270,8 +382,11 @@ STAGES = {
     'blf': (stage_blf, 'whether BatchLossFilter saves time at equal accuracy, against a random subset of the '
                        'same size (n=3 each, 30 epochs)', 8, False),
     'profile': (stage_profile, 'where the time of a step goes, and the distance from the hardware floor', 3, False),
-    'recipes': (stage_recipes, 'the leaderboard recipes on this repo\'s data path: accuracy and time (n=5), to set beside '
-                               'the published figures', 3, False),
+    'recipes': (stage_recipes, 'the leaderboard recipes on this repo\'s data path (airbench94, airbench94-muon, '
+                               'myrtle-tricks): accuracy and time (n=5), to set beside the published figures', 4, False),
+    'fast': (stage_fast, 'our fast candidate (n=25) and airbench94-muon compiled (n=5)', 4, False),
+    'airbench': (stage_airbench, 'the published airbench scripts (--airbench PATH) on this GPU and data, back to back '
+                                 'with our recipe of the same name', 8, False),
     'ladder': (stage_ladder, 'what each trick adds to accuracy and time (n=3 per rung)', 8, False),
 }
 
@@ -317,6 +432,8 @@ def parse_args(argv):
     ap.add_argument('--device', default='cuda', help='cuda, cuda:N or cpu (cpu only with --smoke)')
     ap.add_argument('--smoke', action='store_true', help='every stage at toy size (CPU tests and CI)')
     ap.add_argument('--list', action='store_true', help='list the stages and exit')
+    ap.add_argument('--airbench', nargs='+', default=[], metavar='PATH',
+                    help='local copies of published airbench scripts (airbench94.py, airbench94_muon.py) for the airbench stage')
     return ap.parse_args(argv)
 
 
@@ -362,6 +479,8 @@ def main(argv=None):
         except StageFailed as e:
             figures, line, status = {}, f'FAILED: {e}', 'failed'
             failed.append(name)
+        except StageSkipped as e:
+            figures, line, status = {}, f'skipped: {e}', 'skipped'
         minutes_taken = (time.monotonic() - stage_start) / 60
         with open(done_path, 'w') as fh:
             json.dump({'status': status, 'minutes': minutes_taken, 'figures': figures, 'summary': line}, fh, indent=1)

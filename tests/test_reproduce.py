@@ -5,14 +5,18 @@ import tarfile
 import pytest
 
 import reproduce
-from conftest import run_script
+from conftest import REPO, run_script
 
 
 @pytest.fixture(scope='module')
 def smoke(cifar_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp('reproduce') / 'out'
-    res = run_script('reproduce.py', '--smoke', '--device', 'cpu', '--data-dir', cifar_dir, '--out', out, timeout=900)
+    res = run_script('reproduce.py', '--smoke', '--device', 'cpu', '--data-dir', cifar_dir, '--out', out,
+                     '--airbench', FAKE_AIRBENCH, timeout=900)
     return res, out
+
+
+FAKE_AIRBENCH = str(REPO / 'tests' / 'fake_airbench' / 'airbench94.py')
 
 
 def test_list_names_every_stage_with_its_minutes():
@@ -20,7 +24,7 @@ def test_list_names_every_stage_with_its_minutes():
     assert res.returncode == 0
     lines = res.stdout.splitlines()[1:]
     assert [line.split()[0] for line in lines] == list(reproduce.STAGES) == \
-        ['tests', 'core', 'bench', 'blf', 'profile', 'recipes', 'ladder']
+        ['tests', 'core', 'bench', 'blf', 'profile', 'recipes', 'fast', 'airbench', 'ladder']
     assert all('(est.)' in line for line in lines), 'no stage has been timed on a GPU yet'
 
 
@@ -41,6 +45,8 @@ def test_smoke_runs_every_stage_and_writes_its_figures(smoke):
     assert '| group | runs |' in (out / 'blf' / 'summary.md').read_text()
     bench = json.loads((out / 'bench' / 'done.json').read_text())['figures']['rows']
     assert [int(r['batch']) for r in bench] == [16, 33]
+    recipes = json.loads((out / 'recipes' / 'done.json').read_text())['figures']
+    assert set(recipes) == {'airbench94', 'airbench94-muon', 'myrtle-tricks'}
     tests = json.loads((out / 'tests' / 'done.json').read_text())['figures']
     assert tests['skipped'] >= 10 and not tests.get('failed'), 'on a CPU the GPU tests skip; none fails'
 
@@ -82,7 +88,7 @@ def test_the_budget_leaves_stages_that_do_not_fit(tmp_path, cifar_dir, capsys):
     assert reproduce.main(['--smoke', '--device', 'cpu', '--data-dir', cifar_dir, '--out', str(tmp_path),
                            '--budget-min', '0.5']) == 0
     out = capsys.readouterr().out
-    assert 'not started (budget): tests core bench blf profile recipes ladder' in out
+    assert 'not started (budget): tests core bench blf profile recipes fast airbench ladder' in out
 
 
 @pytest.mark.parametrize('args, message', [
@@ -92,3 +98,34 @@ def test_the_budget_leaves_stages_that_do_not_fit(tmp_path, cifar_dir, capsys):
 def test_user_errors_are_one_line(args, message, tmp_path):
     res = run_script('reproduce.py', *args, '--out', tmp_path / 'out')
     assert res.returncode == 2 and res.stderr.strip().count('\n') == 0 and message in res.stderr
+
+
+def test_the_airbench_stage_runs_the_script_on_our_data_then_our_recipe_and_keeps_none_of_its_code(smoke):
+    """The stand-in script read the cache written from our data (its asserts), its three eval rows
+    were parsed, our recipe of the same name ran beside it, and its cache and logs (its code) are gone."""
+    _, out = smoke
+    fig = json.loads((out / 'airbench' / 'done.json').read_text())['figures']['airbench94']
+    theirs = fig['published_script']
+    assert theirs['acc']['n'] == 3 and 0.2 < theirs['acc']['mean'] < 0.4 and not theirs['stopped_early']
+    assert fig['ours']['acc']['n'] == 2 and fig['time_ratio_ours_to_theirs'] > 0
+    assert sorted(p.name for p in (out / 'airbench' / 'airbench94').iterdir()) == []
+    with tarfile.open(out / reproduce.PACK) as tar:
+        assert not any('/logs/' in n or n.endswith('.pt') for n in tar.getnames())
+
+
+def test_the_airbench_stage_without_a_script_is_skipped_not_failed(tmp_path, cifar_dir):
+    assert reproduce.main(['--smoke', '--device', 'cpu', '--data-dir', cifar_dir, '--out', str(tmp_path),
+                           '--stage', 'airbench']) == 0
+    assert json.loads((tmp_path / 'airbench' / 'done.json').read_text())['status'] == 'skipped'
+
+
+def test_airbench_tables_are_read_by_their_eval_rows():
+    out = """|  run  |  epoch  |  train_acc  |  val_acc  |  tta_val_acc  |  time_seconds  |
+|  warmup  |      1  |     0.1  |    0.1  |               |    2.0000  |
+|       |   eval  |          |         |       0.1000  |    9.0000  |
+|    0  |      1  |     0.5  |    0.5  |               |    1.0000  |
+|       |   eval  |          |         |       0.9401  |    3.8312  |
+|    1  |      1  |     0.5  |    0.5  |               |    1.0000  |
+|       |   eval  |          |         |       0.9392  |    3.8001  |
+Mean: 0.9401    Std: 0.0000"""
+    assert reproduce.airbench_results(out) == [(0.9401, 3.8312), (0.9392, 3.8001)]
