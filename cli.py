@@ -63,6 +63,7 @@ hyp = {
     'cutmix': 0.0,             # CutMix: lambda ~ Beta(a, a) per batch, a box of area (1 - lambda) pasted (0 = off)
     'tta': 1,                  # final evaluation: 0 = plain, 1 = + mirror image, 2 = + 1-pixel translations of both, 3 = 2 weighted
     'whiten_bias_epochs': 0.0, # airbench94 net: the whitening layer's bias trains for this many epochs, then freezes
+    'whiten_bias_decay': 0,    # 1: the whitening bias's lr falls linearly to 0 over those epochs (airbench94_muon)
     'lookahead': 0,            # 1: airbench's lookahead (every 5 steps, decay 0.95^5 (t/T)^3), weights handed over at the end
     'ema': 0.0,                # decay per update of an exponential moving average of the weights (0 = off); evaluate with it
     'ema_every': 1,            # update the average every this many steps (Myrtle post 8: 5)
@@ -131,6 +132,8 @@ HELP = {
     'tta': 'test-time augmentation of the final evaluation: 0 = none, 1 = flip, 2 = flip and 1-pixel translations, '
            '3 = those six views weighted as airbench94 (1/2 for the plain pair, 1/4 for each shifted pair)',
     'whiten_bias_epochs': 'airbench94 net: train the whitening layer\'s bias for this many epochs, then freeze it',
+    'whiten_bias_decay': '1: the whitening bias\'s lr is --lr x --bn-lr-scale falling linearly to 0 over '
+                         '--whiten-bias-epochs, apart from the common schedule (airbench94_muon); 0: the common schedule',
     'lookahead': '1: lookahead (every 5 steps the slow weights move to the fast ones with decay 0.95^5 (t/T)^3)',
     'ema': 'decay per update of an exponential moving average of the weights, evaluated instead of them (0 = off)',
     'ema_every': 'update the moving average every this many steps',
@@ -242,6 +245,7 @@ def check_args(args):
         (args.muon_lr > 0 and 0 <= args.muon_momentum < 1, '--muon-lr must be > 0 and --muon-momentum in [0, 1)'),
         (args.ema_every >= 1, f'--ema-every must be at least 1, got {args.ema_every}'),
         (args.compile in (0, 1), f'--compile must be 0 or 1, got {args.compile}'),
+        (args.whiten_bias_decay in (0, 1), f'--whiten-bias-decay must be 0 or 1, got {args.whiten_bias_decay}'),
         (not (args.compile and args.data_parallel), '--compile with --data-parallel is not supported yet'),
         (args.bn_lr_scale >= 0, f'--bn-lr-scale must be >= 0, got {args.bn_lr_scale}'),
         (args.clip_norm >= 0, f'--clip-norm must be >= 0, got {args.clip_norm}'),

@@ -104,13 +104,18 @@ class Lookahead:
 def param_groups(model, hyp):
     """Weights of convolutions and linear layers; BatchNorm parameters and biases, with their own
     lr multiplier and weight decay switch (the 'no wd on bias and BN' and 'BN lr x64' tricks).
-    --optimizer muon puts the conv filters (4-D weights) in a group of their own, first."""
+    --optimizer muon puts the conv filters (4-D weights) in a group of their own, first;
+    --whiten-bias-decay the whitening bias in one of its own, last (its lr has its own schedule)."""
     weights, norms = [], []
     for module in model.modules():
         for name, p in module.named_parameters(recurse=False):
             (norms if isinstance(module, nn.modules.batchnorm._BatchNorm) or name == "bias" else weights).append(p)
     groups = [{'params': weights, 'lr_scale': 1.0, 'wd_scale': 1.0},
               {'params': norms, 'lr_scale': hyp['bn_lr_scale'], 'wd_scale': float(hyp['bn_weight_decay'])}]
+    whiten = getattr(model, 'whiten', None)
+    if hyp['whiten_bias_decay'] and whiten is not None and whiten.bias is not None:
+        groups[1]['params'] = [p for p in norms if p is not whiten.bias]
+        groups.append({**groups[1], 'params': [whiten.bias], 'whiten_bias': True})
     if hyp['optimizer'] == 'muon':
         filters = [p for p in weights if p.dim() == 4]
         groups[0]['params'] = [p for p in weights if p.dim() != 4]
@@ -154,7 +159,8 @@ def apply_setting(opt, setting, hyp):
     """Hand one step's scheduled values (host floats) to every parameter group. The gradients are
     loss_scale times those of the batch-mean loss, so SGD gets lr / scale and weight decay x scale
     (the product lr x wd of decoupled decay is unchanged). Muon's filters get --muon-lr times the
-    schedule's current share of --lr, --muon-momentum, and no weight decay."""
+    schedule's current share of --lr, --muon-momentum, and no weight decay. The whitening bias's
+    group under --whiten-bias-decay gets --lr times its own falling share (schedules.py)."""
     sgdw = hyp['wd_mode'] == 'decoupled' and hyp['optimizer'] in ('sgd', 'muon')
     scale = loss_scale(hyp) if hyp['optimizer'] in ('sgd', 'muon') else 1.0
     for group in opt.param_groups:
@@ -162,7 +168,8 @@ def apply_setting(opt, setting, hyp):
             group.update(lr=hyp['muon_lr'] * setting['lr'] / hyp['lr'], momentum=hyp['muon_momentum'],
                          weight_decay=0.0, decoupled_wd=0.0)
             continue
-        group['lr'] = setting['lr'] * group['lr_scale'] / scale
+        lr = hyp['lr'] * setting.get('whiten_bias', 1.0) if group.get('whiten_bias') else setting['lr']
+        group['lr'] = lr * group['lr_scale'] / scale
         wd = setting['weight_decay'] * group['wd_scale'] * scale
         group['decoupled_wd'], group['weight_decay'] = (wd, 0.0) if sgdw else (0.0, wd)
         if 'betas' in group:

@@ -38,9 +38,8 @@ RECIPES = {
 # same at every batch, since airbench's decay is 2e-6 x batch), and the biases' lr x 0.053 / 0.67
 # with weight decay x 0.67 / 0.053 (the same decay per step). Muon (conv filters): lr 0.24, momentum
 # 0.6. The lr decays linearly to 0 from the first step (no warm-up), Muon's with it. The net divides
-# its logits by 256 and starts its head at unit std (networks.airbench94_muon_net). One difference:
-# airbench94_muon's whitening bias lr decays to 0 over its 3 epochs; here it keeps the schedule's lr
-# until it freezes after epoch 3.
+# its logits by 256 and starts its head at unit std (networks.airbench94_muon_net). The whitening
+# bias's lr falls from 0.053 to 0 over its 3 epochs on a schedule of its own (--whiten-bias-decay).
 MUON_HEAD_LR, MUON_BIAS_LR = 0.67, 0.053
 
 
@@ -49,7 +48,8 @@ def airbench94_muon(batch_size):
             'lr': MUON_HEAD_LR * batch_size, 'weight_decay': 2e-6 / MUON_HEAD_LR,
             'bn_lr_scale': MUON_BIAS_LR / MUON_HEAD_LR, 'bn_weight_decay': MUON_HEAD_LR / MUON_BIAS_LR,
             'muon_lr': 0.24, 'muon_momentum': 0.6, 'lr_start': 1.0, 'lr_peak': 0.0, 'lr_end': 0.0,
-            'label_smoothing': 0.2, 'flip': 2, 'crop_pad': 2, 'cutout': 0, 'tta': 3, 'whiten_bias_epochs': 3.0}
+            'label_smoothing': 0.2, 'flip': 2, 'crop_pad': 2, 'cutout': 0, 'tta': 3, 'whiten_bias_epochs': 3.0,
+            'whiten_bias_decay': 1}
 
 
 RECIPES.update({

@@ -41,7 +41,9 @@ def schedules(hyp):
     return {'lr': hyp['lr_schedule'] or [(0, hyp['lr_start'] * hyp['lr']), (peak, hyp['lr']), (epochs, hyp['lr_end'] * hyp['lr'])],
             'momentum': hyp['momentum_schedule'] or [(0, hyp['momentum'])],
             'weight_decay': hyp['wd_schedule'] or [(0, hyp['weight_decay'])],
-            'blf': hyp['blf_schedule'] or [(0, hyp['blf'] or 1.0)]}
+            'blf': hyp['blf_schedule'] or [(0, hyp['blf'] or 1.0)],
+            # --whiten-bias-decay: the whitening bias's own lr, as a share of --lr x --bn-lr-scale
+            'whiten_bias': [(0, 1.0), (hyp['whiten_bias_epochs'], 0.0)] if hyp['whiten_bias_decay'] else [(0, 1.0)]}
 
 
 def step_settings(hyp, steps_per_epoch):

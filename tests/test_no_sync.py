@@ -41,6 +41,7 @@ CONFIGS = {
     'myrtle-tricks-blf-compact': {'activation': 'celu', 'ghost_bn': 32, 'frozen_bn_scale': 1, 'pool_before_bn': 1,
                                   'whiten': 3, 'ema': 0.95, 'ema_every': 5, 'blf': 0.8, 'blf_bucket': 32},
     'muon-lookahead-blf-compact': {'net': 'airbench94-muon', 'optimizer': 'muon', 'lr': 40.0, 'lookahead': 1,
+                                   'whiten_bias_epochs': 1.5, 'whiten_bias_decay': 1,
                                    'blf': 0.8, 'blf_bucket': 16},
 }
 

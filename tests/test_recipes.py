@@ -81,8 +81,9 @@ def test_a_short_airbench94_run_learns_and_records_its_recipe(cifar_dir, tmp_pat
 def test_airbench94_muon_hyperparameters_are_the_published_ones_converted():
     """Per summed-loss step at batch 2000: SGD lr 0.67 (head) and 0.053 (biases), weight decay 2e-6 x 2000
     = 0.004 per step for both (torch's weight_decay = 0.004 / lr), Muon lr 0.24 and momentum 0.6; the
-    lr falls linearly from the first step to 0, Muon's with it. Checked through apply_setting, the
-    values the optimizer's groups actually get."""
+    lr falls linearly from the first step to 0, Muon's with it; the whitening bias's from 0.053 to 0
+    over its own 3 epochs (75 steps). Checked through apply_setting, the values the optimizer's
+    groups actually get."""
     import networks
     import optimizers
     h = {**cli.hyp, **recipes.RECIPES['airbench94-muon'], 'width': 0.125, 'precision': 'fp32'}
@@ -92,15 +93,18 @@ def test_airbench94_muon_hyperparameters_are_the_published_ones_converted():
     opt = optimizers.make_optimizer(model, h)
     settings = schedules.step_settings(h, 25)  # 50000 / 2000 steps per epoch
     assert len(settings) == 200
-    muon, head, biases = opt.param_groups
+    muon, head, biases, whiten_bias = opt.param_groups
     assert all(p.dim() == 4 for p in muon['params']) and muon['muon'] and not head['muon'] and not biases['muon']
-    assert head['params'] == [model.linear.weight] and model.whiten.bias in biases['params']
-    for step, share in ((0, 1.0), (100, 0.5), (150, 0.25)):
+    assert head['params'] == [model.linear.weight] and whiten_bias['params'] == [model.whiten.bias]
+    assert not any(p is model.whiten.bias for p in biases['params'])
+    for step, share, whiten_share in ((0, 1.0, 1.0), (30, 0.85, 0.6), (100, 0.5, 0.0), (150, 0.25, 0.0)):
         optimizers.apply_setting(opt, settings[step], h)
         assert muon['lr'] == pytest.approx(0.24 * share) and muon['momentum'] == 0.6 and muon['weight_decay'] == 0
         assert head['lr'] == pytest.approx(0.67 * share) and biases['lr'] == pytest.approx(0.053 * share)
         assert head['momentum'] == biases['momentum'] == 0.85
         assert head['weight_decay'] == pytest.approx(0.004 / 0.67) and biases['weight_decay'] == pytest.approx(0.004 / 0.053)
+        assert whiten_bias['lr'] == pytest.approx(0.053 * whiten_share, abs=1e-12)
+        assert whiten_bias['weight_decay'] == biases['weight_decay']
 
 
 def test_myrtle_tricks_and_fast_resolve_to_their_published_values():
