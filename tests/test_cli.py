@@ -35,6 +35,12 @@ def one_line_error(res, pattern):
 
 @pytest.mark.parametrize('args, pattern', [
     (['--epochs', '0'], '--epochs must be at least 1'),
+    (['--recipe', 'airbench94-muon', '--precision', 'amp', '--device', 'cpu'], "amp's scaler would wait for the GPU"),
+    (['--ghost-bn', '48', '--device', 'cpu'], '--ghost-bn must be >= 0 and divide --batch-size 512, got 48'),
+    (['--net', 'airbench94', '--whiten', '3', '--device', 'cpu'], '--whiten are for --net resnet9'),
+    (['--muon-lr', '0', '--device', 'cpu'], '--muon-lr must be > 0'),
+    (['--ema-every', '0', '--device', 'cpu'], '--ema-every must be at least 1'),
+    (['--whiten', '2', '--device', 'cpu'], 'invalid choice: 2'),
     (['--batch-size', '0'], '--batch-size must be at least 1'),
     (['--batch-size', '50001', '--device', 'cpu'], 'larger than the training set (50000 images)'),
     (['--n-train', '1000', '--batch-size', '1024', '--device', 'cpu'], 'larger than the training set (1000 images)'),
