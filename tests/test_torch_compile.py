@@ -27,3 +27,31 @@ def test_a_compiled_run_matches_eager_and_compiles_nothing_inside_the_clock(cifa
     for key in ('train_loss', 'kept', 'kept_loss', 'test_loss'):
         assert compiled[key] == pytest.approx(eager[key], rel=1e-3), key
     assert results[1]['test_loss'] == pytest.approx(results[0]['test_loss'], rel=1e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize('recipe', ['myrtle-tricks', 'airbench94-muon'])
+def test_gpu_compiled_recipe_epoch_with_blf_has_no_sync_and_no_compile_in_the_clock(cifar, recipe):
+    """On CUDA, after warm-up: a compiled epoch of each new recipe with BLF compact (Triton kernels)
+    under set_sync_debug_mode('error'), and not one graph compiled during it."""
+    import recipes
+    import schedules
+    h = {**cli.hyp, **recipes.RECIPES[recipe], 'compile': 1, 'blf': 0.9, 'blf_start_epoch': 1, 'blf_bucket': 128,
+         'precision': 'fp16'}
+    data = data_gpu.DeviceCIFAR10(cifar, 'cuda', torch.float16, n_train=10240, n_test=1000, flip=h['flip'],
+                                  crop_pad=h['crop_pad'], cutout=h['cutout'])
+    backend = blf_step.blf_backend('triton', 'cuda')
+    train.warm_up(h, data, 'cuda', torch.float16, backend)
+    graphs = train.compiled_graphs()
+    parts = train.run_parts(h, 'cuda', torch.float16, 0, backend)
+    train.init_weights_from_data(parts, data)
+    settings = schedules.step_settings(h, data.n_train // h['batch_size'])
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode('error')
+    try:
+        totals = train.train_epoch(parts['model'], parts['opt'], data.train_batches(h['batch_size']), settings, h,
+                                   parts['blf'], parts['ema'], parts['scaler'], parts['mixer'], parts['lookahead'])
+    finally:
+        torch.cuda.set_sync_debug_mode(0)
+    assert totals['steps'] == data.n_train // h['batch_size'] and 0 < totals['kept'].item() <= totals['count'].item()
+    assert train.compiled_graphs() == graphs, 'a graph was compiled inside the clock'
