@@ -138,8 +138,9 @@ def loss_scale(hyp):
 
 
 def make_optimizer(model, hyp, fused=False):
-    """SGD with Nesterov momentum, Adam, or Muon (with SGD for what is not a conv filter); weight decay in the groups (l2) or applied apart
-    (decoupled: AdamW, or SGDW by backward_and_step). fused=True for loss scaling without syncs.
+    """SGD with Nesterov momentum, Adam, or Muon (with SGD for what is not a conv filter); weight
+    decay in the groups (l2) or applied apart (decoupled: AdamW, or SGDW by backward_and_step).
+    fused=True for loss scaling without syncs.
     lr, momentum and weight decay are set before every step by apply_setting."""
     momenta = [m for _, m in schedules(hyp)['momentum']]
     decoupled = hyp['wd_mode'] == 'decoupled'
