@@ -109,7 +109,8 @@ def test_airbench94_muon_hyperparameters_are_the_published_ones_converted():
 
 def test_myrtle_tricks_and_fast_resolve_to_their_published_values():
     args = cli.parse_args(['--recipe', 'myrtle-tricks'])
-    assert args.lr_schedule == [(0, 0), (2, 1.0), (8, 0.1), (10, 0.1)] and args.epochs == 10
+    assert args.lr_schedule == [(0, 0), (2, 0.9), (8, 0.09), (10, 0.09)] and args.epochs == 10
+    assert args.lr == pytest.approx(0.4 * 1.5 * 1.5)  # post 4's lr and post 8's two x1.5 steps
     assert (args.activation, args.ghost_bn, args.frozen_bn_scale, args.pool_before_bn, args.whiten) == ('celu', 32, 1, 1, 3)
     assert args.ema == pytest.approx(0.99 ** 5) and args.ema_every == 5 and args.cutout == 0 and args.tta == 1
     assert args.label_smoothing == 0.2 and args.bn_lr_scale == 64 and args.bn_weight_decay == pytest.approx(1 / 64)

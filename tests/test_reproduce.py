@@ -24,7 +24,7 @@ def test_list_names_every_stage_with_its_minutes():
     assert res.returncode == 0
     lines = res.stdout.splitlines()[1:]
     assert [line.split()[0] for line in lines] == list(reproduce.STAGES) == \
-        ['tests', 'core', 'bench', 'blf', 'profile', 'recipes', 'fast', 'airbench', 'ladder']
+        ['tests', 'core', 'bench', 'blf', 'profile', 'recipes', 'fast', 'airbench', 'ladder', 'post8']
     assert all('(est.)' in line for line in lines), 'no stage has been timed on a GPU yet'
 
 
@@ -88,7 +88,7 @@ def test_the_budget_leaves_stages_that_do_not_fit(tmp_path, cifar_dir, capsys):
     assert reproduce.main(['--smoke', '--device', 'cpu', '--data-dir', cifar_dir, '--out', str(tmp_path),
                            '--budget-min', '0.5']) == 0
     out = capsys.readouterr().out
-    assert 'not started (budget): tests core bench blf profile recipes fast airbench ladder' in out
+    assert 'not started (budget): tests core bench blf profile recipes fast airbench ladder post8' in out
 
 
 @pytest.mark.parametrize('args, message', [
@@ -129,3 +129,23 @@ def test_airbench_tables_are_read_by_their_eval_rows():
 |       |   eval  |          |         |       0.9392  |    3.8001  |
 Mean: 0.9401    Std: 0.0000"""
     assert reproduce.airbench_results(out) == [(0.9401, 3.8312), (0.9392, 3.8001)]
+
+
+def test_the_post8_ladder_adds_one_published_step_per_rung_and_ends_at_the_recipe():
+    """Each rung keeps the flags of the one before (later values win: lr 0.6 then 0.9), its epochs are
+    the post's (24, 24, 23, 20, 18, 17, 15, 14, 13), and the last rung is --recipe myrtle-tricks."""
+    import cli
+    import recipes
+    rungs = list(reproduce.POST8_LADDER.values())
+    for before, after in zip(rungs[:-2], rungs[1:-1]):
+        assert after[:len(before) - 2] == before[:-2]
+    epochs = [cli.parse_args(r).epochs for r in rungs]
+    assert epochs == [24, 24, 23, 20, 18, 17, 15, 14, 13, 10]
+    eighth = cli.parse_args(rungs[-2])
+    final = cli.parse_args(rungs[-1])
+    for key in ('pool_before_bn', 'label_smoothing', 'activation', 'ghost_bn', 'frozen_bn_scale', 'whiten', 'ema',
+                'ema_every', 'bn_lr_scale', 'bn_weight_decay', 'lr'):
+        assert getattr(eighth, key) == pytest.approx(getattr(final, key)) if isinstance(getattr(final, key), float) \
+            else getattr(eighth, key) == getattr(final, key), key
+    assert eighth.cutout == 5 and final.cutout == 0 and rungs[-1] == ['--recipe', 'myrtle-tricks']
+    assert recipes.RECIPES['myrtle-tricks']['tta'] == 1
