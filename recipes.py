@@ -74,7 +74,7 @@ RECIPES.update({
 })
 
 NOTES = {
-    'myrtle': "Myrtle's ResNet-9 (24 epochs, batch 512, Cutout, flip TTA): 94.1% in 79 s on a V100",
+    'myrtle': "Myrtle's ResNet-9 (24 epochs, batch 512, Cutout, flip TTA): 94.1% in 79 s on a V100 (published)",
     'airbench94': 'airbench94: 2x2 whitening net, 9.9 epochs at batch 1024, lookahead, alternating flip, '
                   '6-view TTA: 94.01% in 3.83 s on an A100 (published); not yet measured here',
     'myrtle-tricks': "Myrtle post 8's bag of tricks (whitening, ghost BN, CELU, EMA, 10 epochs): 94.1% in 26 s on "

@@ -28,6 +28,7 @@ import torch.nn.functional as F
 import data_gpu
 import distributed
 import optimizers
+import recipes
 from blf_step import BLF, BLF_TOTALS, blf_backend, blf_train_step
 from cli import UserError, hyp, parse_args, check_args, schedule_notes, use_device
 from networks import PRECISIONS, autocast, make_model, net_options, resolve_precision
@@ -439,6 +440,7 @@ def train_runs(args, argv, h, data, device, dtype, backend, record, env, results
     if group.active:
         log(f'# torchrun: {group.world} ranks, ' + ('one data-parallel run over all of them' if group.data_parallel
                                                    else 'seeds spread over them; this table is rank 0\'s'))
+    log(f'# recipe {args.recipe} (flags given override it): {recipes.NOTES[args.recipe]}')
     log('# time = training steps (augmentation included) + final evaluation; per-epoch test evals excluded')
     for note in schedule_notes(h):
         log(note)

@@ -133,3 +133,4 @@ def test_every_new_recipe_runs_with_blf_on_the_cpu(cifar_dir, tmp_path, recipe, 
     assert json.load(open(os.path.join(record, 'config.json')))['recipe'] == recipe
     epochs = [json.loads(line) for line in open(os.path.join(record, 'epochs.jsonl'))]
     assert len(epochs) == 2 and all(0 < row['kept'] < 1 and row['train_loss'] < 5 for row in epochs[1:])
+    assert f'# recipe {recipe} (flags given override it): {recipes.NOTES[recipe]}' in open(os.path.join(record, 'log.txt')).read()
