@@ -189,6 +189,13 @@ class AirbenchNet(nn.Module):
         return self.linear(self.pool(x).flatten(1)) * self.logit_scale
 
 
+def whitening_bias(model):
+    """The trainable bias of a whitening first layer (airbench94's nets), or None (ResNet-9's
+    --whiten 3 has none; a net without whitening neither)."""
+    whiten = getattr(model, 'whiten', None)
+    return None if whiten is None else whiten.bias
+
+
 def airbench94_muon_net(width=1.0, **options):
     """airbench94_muon's variant of the net: the head's weights start with standard deviation 1 and
     the logits are divided by the number of features (256) instead of 9: its SGD lr for the head

@@ -9,6 +9,7 @@ import copy
 import torch
 import torch.nn as nn
 
+from networks import whitening_bias
 from schedules import schedules
 
 NS_COEFFICIENTS = (3.4445, -4.7750, 2.0315)  # airbench94_muon's quintic iteration
@@ -112,10 +113,10 @@ def param_groups(model, hyp):
             (norms if isinstance(module, nn.modules.batchnorm._BatchNorm) or name == "bias" else weights).append(p)
     groups = [{'params': weights, 'lr_scale': 1.0, 'wd_scale': 1.0},
               {'params': norms, 'lr_scale': hyp['bn_lr_scale'], 'wd_scale': float(hyp['bn_weight_decay'])}]
-    whiten = getattr(model, 'whiten', None)
-    if hyp['whiten_bias_decay'] and whiten is not None and whiten.bias is not None:
-        groups[1]['params'] = [p for p in norms if p is not whiten.bias]
-        groups.append({**groups[1], 'params': [whiten.bias], 'whiten_bias': True})
+    bias = whitening_bias(model)
+    if hyp['whiten_bias_decay'] and bias is not None:
+        groups[1]['params'] = [p for p in norms if p is not bias]
+        groups.append({**groups[1], 'params': [bias], 'whiten_bias': True})
     if hyp['optimizer'] == 'muon':
         filters = [p for p in weights if p.dim() == 4]
         groups[0]['params'] = [p for p in weights if p.dim() != 4]

@@ -229,6 +229,16 @@ def pytest_counts(out):
     return {word: int(n) for n, word in re.findall(r'(\d+) (passed|failed|skipped|deselected|errors?|xfailed)', lines[-1])}
 
 
+def train_groups(ctx, groups):
+    """{name: (flags, runs)}: one train.py invocation per group under the stage's folder; their figures."""
+    figures = {}
+    for name, (flags, runs) in groups.items():
+        out = os.path.join(ctx.dir, name)
+        ctx.train(out, flags, runs=runs)
+        figures[name] = group_figures(out)
+    return figures, '; '.join(describe(name, fig) for name, fig in figures.items())
+
+
 def stage_core(ctx):
     """The default recipe, n = 5 in one process, and the control of the gradient-scale fix: the
     same recipe under amp (fp32 weights, dynamic loss scaling) and with --loss-scale 1 (the old
@@ -236,12 +246,7 @@ def stage_core(ctx):
     groups = {'default': ([], 5), 'amp': (['--precision', 'amp'], 5), 'fp16-loss-scale-1': (['--loss-scale', '1'], 3)}
     if ctx.device == 'cpu' and not ctx.smoke:
         raise StageFailed('the core stage compares GPU precisions: run it on a GPU (or with --smoke)')
-    figures = {}
-    for name, (flags, runs) in groups.items():
-        out = os.path.join(ctx.dir, name)
-        ctx.train(out, flags, runs=runs)
-        figures[name] = group_figures(out)
-    return figures, '; '.join(describe(name, fig) for name, fig in figures.items())
+    return train_groups(ctx, groups)
 
 
 def stage_bench(ctx):
@@ -278,16 +283,6 @@ def stage_profile(ctx):
     ctx.run([sys.executable, 'profile.py', '--data-dir', ctx.args.data_dir, '--torch-profiler', '--out', ctx.dir, *flags])
     (folder,) = [d for d in os.listdir(ctx.dir) if d.startswith('profile-')]
     return {'folder': folder}, f'see profile/{folder}/profile.md'
-
-
-def train_groups(ctx, groups):
-    """{name: (flags, runs)}: one train.py invocation per group under the stage's folder; their figures."""
-    figures = {}
-    for name, (flags, runs) in groups.items():
-        out = os.path.join(ctx.dir, name)
-        ctx.train(out, flags, runs=runs)
-        figures[name] = group_figures(out)
-    return figures, '; '.join(describe(name, fig) for name, fig in figures.items())
 
 
 def stage_recipes(ctx):
@@ -390,14 +385,8 @@ def recipe_names():
 
 def stage_ladder(ctx):
     """The tricks' ablation ladder, n = 3 per rung."""
-    figures = {}
     rungs = list(LADDER)[:2] + list(LADDER)[-1:] if ctx.smoke else list(LADDER)  # smoke: the plumbing only
-    for name in rungs:
-        flags = LADDER[name]
-        out = os.path.join(ctx.dir, name)
-        ctx.train(out, flags, runs=3)
-        figures[name] = group_figures(out)
-    return figures, '; '.join(describe(name, fig) for name, fig in figures.items())
+    return train_groups(ctx, {name: (LADDER[name], 3) for name in rungs})
 
 
 def stage_post8(ctx):

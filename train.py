@@ -31,7 +31,7 @@ import optimizers
 import recipes
 from blf_step import BLF, BLF_TOTALS, blf_backend, blf_train_step
 from cli import UserError, hyp, parse_args, check_args, schedule_notes, use_device
-from networks import PRECISIONS, autocast, make_model, net_options, resolve_precision
+from networks import PRECISIONS, autocast, make_model, net_options, resolve_precision, whitening_bias
 from optimizers import EMA, apply_setting, averaged_tensors, backward_and_step, loss_scale, make_optimizer, make_scaler
 from record import Follower, RankFailed, Record, environment, finish_record, format_row, gather_runs, save_source_state, table_header
 from schedules import step_settings
@@ -192,8 +192,7 @@ def warm_up(hyp, data, device, dtype, backend=None, steps=3):
 def whitening_bias_states(model, hyp):
     """The states a run's whitening bias goes through: [False, True] (trains, then frozen after
     --whiten-bias-epochs), [True] or [False]; [None] for a network without one."""
-    whiten = getattr(model, 'whiten', None)
-    if whiten is None or whiten.bias is None:
+    if whitening_bias(model) is None:
         return [None]
     return sorted({epoch >= hyp['whiten_bias_epochs'] for epoch in range(math.ceil(hyp['epochs']))})
 
@@ -305,7 +304,7 @@ def train_run(hyp, data, seed, device, dtype, on_epoch, backend=None, log=print,
     for epoch in range(math.ceil(len(settings) / steps_per_epoch)):
         group.barrier()
         start = clock.mark()
-        if getattr(inner, 'whiten', None) is not None and inner.whiten.bias is not None and epoch >= hyp['whiten_bias_epochs']:
+        if whitening_bias(inner) is not None and epoch >= hyp['whiten_bias_epochs']:
             inner.whiten.bias.requires_grad_(False)  # airbench: the whitening bias trains for the first epochs only
         epoch_settings = settings[epoch * steps_per_epoch:(epoch + 1) * steps_per_epoch]
         filtering = blf if blf is not None and epoch + 1 >= hyp['blf_start_epoch'] else None
