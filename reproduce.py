@@ -7,15 +7,16 @@
 
 Stages run in the order of the value of what they prove. Each writes its records under
 OUT/<stage>/ (train.py records, logs, tables), its key figures to OUT/<stage>/done.json and one
-line to OUT/summary.md. A stage completed in OUT is skipped, so a run cut short (a time limit, a
-crash) resumes where it stopped; a stage that failed runs again. After each stage OUT is packed
-into ONE file, OUT/reproduce.tgz (records, logs, summary), to carry the whole of it back at once.
-Every training stage reports train.py's clock (CUDA events around the training steps and the final
-evaluation, airbench's rules; see README).
+line to OUT/summary.md. After each stage OUT is packed into ONE file, OUT/reproduce.tgz (records,
+logs, summary), to carry the whole of it back at once. Every training stage reports train.py's
+clock (CUDA events around the training steps and the final evaluation, airbench's rules; see README).
 
---budget-min M starts a stage only if its estimated minutes fit in what is left of M; each stage
-also stops after --stage-timeout-min (default 9, so a stage fits a 10-minute job). The estimates
-are for an H100 and are guesses until a GPU has measured them (--list says which).
+Resuming: a stage completed in OUT is skipped; one that failed or was cut short runs again, and
+within it every seed already finished in OUT is not run again, so no work is lost and no seed is
+counted twice. --budget-min M stops the whole run after M minutes (as SIGTERM from `timeout`
+does): the running command gets Ctrl-C and keeps its finished runs, OUT is packed, the exit code
+is 3, and the same command resumes it. Each stage also stops after --stage-timeout-min (default
+9). The --list estimates are for an H100 and are guesses until a GPU has measured them.
 """
 import argparse
 import csv
@@ -24,6 +25,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
 import tarfile
@@ -97,65 +99,170 @@ class StageSkipped(Exception):
     """The stage has nothing to run with these options (airbench without --airbench); it runs next time."""
 
 
+class OutOfTime(Exception):
+    """--budget-min is spent, or the process was told to stop (SIGTERM, e.g. from `timeout`): the
+    running command was stopped with Ctrl-C, so its record keeps the runs it finished; the stage is
+    left incomplete and a second run resumes it."""
+
+
+def on_sigterm(signum, frame):
+    raise OutOfTime('stopped by SIGTERM')
+
+
+STOP_GRACE_S = 20  # after Ctrl-C, how long a command has to close its record before it is killed
+
+
 class Context:
     """What every stage needs: the options, its output folder, and a way to run a logged command."""
 
-    def __init__(self, args, stage):
+    def __init__(self, args, stage, budget_end=None):
         self.args, self.smoke, self.device = args, args.smoke, args.device
         self.dir = os.path.join(args.out, stage)
         os.makedirs(self.dir, exist_ok=True)
         self.log_path = os.path.join(self.dir, 'log.txt')
         self.deadline = time.monotonic() + 60 * args.stage_timeout_min
+        self.budget_end = budget_end  # time.monotonic() when --budget-min is spent, or None
+
+    def log(self, text):
+        print(text, flush=True)
+        with open(self.log_path, 'a') as log:
+            log.write(text + '\n')
 
     def run(self, cmd, env=None, check=True, cwd=HERE, stop_after=None):
         """Run a command (from the repo root by default), its output to the console and to the
-        stage's log.txt. stop_after=S: after S seconds the command is stopped and what it printed
-        is returned with exit code None (for scripts that run more seeds than a stage has time for)."""
+        stage's log.txt. When the stage's time, the budget or stop_after runs out the command gets
+        Ctrl-C (train.py then closes its record with the runs it finished) and, STOP_GRACE_S later,
+        is killed. stop_after=S: what it printed is returned with exit code None (for scripts that
+        run more seeds than a stage has time for); the stage's time raises StageFailed, the budget
+        (or SIGTERM) OutOfTime."""
         line = '$ ' + shlex.join(cmd[1:] if cmd[0] == sys.executable else cmd)
-        print(line, flush=True)
+        self.log(line)
+        now = time.monotonic()
+        limits = [(self.deadline, 'stage'), (now + stop_after if stop_after is not None else None, 'share'),
+                  (self.budget_end, 'budget')]
+        end, why = min((t, w) for t, w in limits if t is not None)
+        if end <= now:
+            raise (OutOfTime('--budget-min is spent') if why == 'budget' else
+                   StageFailed(f'the stage ran past --stage-timeout-min {self.args.stage_timeout_min}'))
+        proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env={**os.environ, 'PYTHONUNBUFFERED': '1', **(env or {})})
+        out = []
         with open(self.log_path, 'a') as log:
-            log.write(line + '\n')
-            log.flush()
-            left = self.deadline - time.monotonic()
-            if left <= 0:
-                raise StageFailed(f'the stage ran past --stage-timeout-min {self.args.stage_timeout_min}')
-            if stop_after is not None:
-                left = min(left, stop_after)
-            proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                    env={**os.environ, 'PYTHONUNBUFFERED': '1', **(env or {})})
-            out = []
-            try:
-                for text in iter_lines(proc, left):
+            def echo(lines):
+                for text in lines:
                     print(text, end='', flush=True)
                     log.write(text)
                     out.append(text)
-            except TimeoutError:
-                proc.kill()
-                proc.wait()
-                if stop_after is not None and left == stop_after:
-                    note = f'# stopped after {stop_after:.0f} s (the stage\'s share of time for it)\n'
-                    print(note, end='', flush=True)
-                    log.write(note)
+            try:
+                echo(iter_lines(proc, end - now))
+            except (TimeoutError, OutOfTime) as e:
+                stop(proc, echo)
+                if isinstance(e, OutOfTime):
+                    raise
+                if why == 'share':
+                    echo([f'# stopped after {stop_after:.0f} s (the stage\'s share of time for it)\n'])
                     return None, ''.join(out)
+                if why == 'budget':
+                    echo(['# stopped: --budget-min is spent\n'])
+                    raise OutOfTime('--budget-min is spent') from None
+                echo([f'# stopped: the stage ran past --stage-timeout-min {self.args.stage_timeout_min}\n'])
                 raise StageFailed(f'{line[2:]} ran past --stage-timeout-min {self.args.stage_timeout_min}') from None
+            except KeyboardInterrupt:  # Ctrl-C in a terminal reached the command too: let it close its record
+                stop(proc, echo, interrupt=False)
+                raise
         if check and proc.returncode != 0:
             raise StageFailed(f'{line[2:]} exited with {proc.returncode}')
         return proc.returncode, ''.join(out)
 
     def train(self, out, flags, runs=None, seed=None):
-        """train.py with the stage's flags; --smoke appends the toy sizes last, so they win. With
-        several GPUs and several runs, torchrun spreads the seeds over them (one record all the same)."""
-        gpus = gpu_count() if self.device == 'cuda' and not self.smoke else 1
-        launcher = [sys.executable]
-        if gpus > 1 and (runs or 1) > 1:
-            launcher += ['-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(min(gpus, runs))]
-        cmd = [*launcher, 'train.py', '--data-dir', self.args.data_dir, '--no-download', '--device', self.device,
-               '--out-dir', out, *flags]
-        if runs is not None:
-            cmd += ['--runs', str(min(runs, 2) if self.smoke else runs)]
-        if seed is not None:
-            cmd += ['--seed', str(seed)]
-        self.run(cmd + (SMOKE_TRAIN if self.smoke else []))
+        """train.py with the stage's flags, for seeds seed..seed+runs-1; --smoke appends the toy
+        sizes last, so they win. Seeds already finished in `out` (a run cut short by the budget)
+        are not run again. With several GPUs and several runs, torchrun spreads the seeds over them."""
+        first = seed or 0
+        wanted = range(first, first + (min(runs or 1, 2) if self.smoke else runs or 1))
+        finished = finished_seeds(out, self.train_command(out, flags), self.log)
+        missing = [s for s in wanted if s not in finished]
+        if len(missing) < len(wanted):
+            self.log(f'# resumed: seed(s) {", ".join(str(s) for s in wanted if s in finished)} already finished in {out}')
+        for start, count in contiguous_blocks(missing):
+            gpus = gpu_count() if self.device == 'cuda' and not self.smoke else 1
+            launcher = [sys.executable]
+            if gpus > 1 and count > 1:
+                launcher += ['-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(min(gpus, count))]
+            self.run([*launcher, *self.train_command(out, flags), '--runs', str(count), '--seed', str(start)])
+
+    def train_command(self, out, flags):
+        """train.py and its flags, without the seeds: what every record in `out` must have been made by."""
+        return ['train.py', '--data-dir', self.args.data_dir, '--no-download', '--device', self.device,
+                '--out-dir', out, *flags, *(SMOKE_TRAIN if self.smoke else [])]
+
+
+def stop(proc, echo, interrupt=True):
+    """Ctrl-C, so that train.py closes its record with the runs it finished; kill it if it has not
+    ended STOP_GRACE_S later. What it prints meanwhile still goes to the log."""
+    if proc.poll() is not None:
+        return
+    if interrupt:
+        proc.send_signal(signal.SIGINT)
+    try:
+        echo(iter_lines(proc, STOP_GRACE_S))
+    except (TimeoutError, OutOfTime):
+        pass
+    if proc.poll() is None:
+        proc.kill()
+        proc.wait()
+
+
+def contiguous_blocks(seeds):
+    """[0, 1, 2, 5, 6] -> [(0, 3), (5, 2)]: (first seed, count) for train.py's --seed and --runs."""
+    blocks = []
+    for s in seeds:
+        if blocks and blocks[-1][0] + blocks[-1][1] == s:
+            blocks[-1] = (blocks[-1][0], blocks[-1][1] + 1)
+        else:
+            blocks.append((s, 1))
+    return blocks
+
+
+def without_seeds(argv):
+    """A train.py command line less what may differ between the calls of one group: --seed, --runs, --data-dir."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in ('--seed', '--runs', '--data-dir'):
+            skip = True
+        elif not arg.startswith(('--seed=', '--runs=', '--data-dir=')):
+            kept.append(arg)
+    return kept
+
+
+def finished_seeds(out, command, log):
+    """The seeds with a finished run in the records under `out`. Every record there must come from
+    `command` (less its seeds), or the stage fails rather than pool different configurations. A
+    record with a torn line (its process was killed while writing) is moved to out/set-aside/."""
+    if not os.path.isdir(out):
+        return set()
+    seeds = set()
+    for record in summarize.records_in(out):
+        try:
+            with open(os.path.join(record, 'command.txt')) as fh:
+                made_by = shlex.split(fh.read())[1:]  # 'python train.py ...' -> 'train.py ...'
+        except FileNotFoundError:
+            made_by = None
+        if made_by is None or without_seeds(made_by) != without_seeds(command):
+            raise StageFailed(f'{record} was not made by this stage\'s command ({shlex.join(command)}): '
+                              f'move it away, or use another --out')
+        try:
+            rows = summarize.read_jsonl(os.path.join(record, 'runs.jsonl'))
+        except summarize.BadRecord as e:
+            aside = os.path.join(out, 'set-aside')
+            os.makedirs(aside, exist_ok=True)
+            os.replace(record, os.path.join(aside, os.path.basename(record)))
+            log(f'# {e}: its record is moved to {aside} and its seeds run again')
+            continue
+        seeds.update(row['seed'] for row in rows)
+    return seeds
 
 
 def gpu_count():
@@ -451,7 +558,9 @@ def parse_args(argv):
     ap.add_argument('--data-dir', default='data', help='folder with cifar-10-batches-py/ (as train.py)')
     ap.add_argument('--out', default='runs/reproduce', help='where the stages write; a second run resumes here')
     ap.add_argument('--stage', nargs='+', choices=list(STAGES), help='only these stages (default: all, in order)')
-    ap.add_argument('--budget-min', type=float, default=None, help='start a stage only if its estimate fits in the minutes left')
+    ap.add_argument('--budget-min', type=float, default=None,
+                    help='stop after this many minutes: the running command gets Ctrl-C and keeps its finished runs, '
+                         'the stage is left incomplete, OUT is packed, exit code 3; run again to resume')
     ap.add_argument('--stage-timeout-min', type=float, default=9.0, help='stop a stage that runs longer than this')
     ap.add_argument('--device', default='cuda', help='cuda, cuda:N or cpu (cpu only with --smoke)')
     ap.add_argument('--smoke', action='store_true', help='every stage at toy size (CPU tests and CI)')
@@ -482,42 +591,58 @@ def main(argv=None):
     if not os.path.exists(summary_path):
         with open(summary_path, 'w') as fh:
             fh.write(f'# reproduce.py{" --smoke" if args.smoke else ""}\n\n{environment_line(args.device)}\n\n')
-    start, failed, skipped = time.monotonic(), [], []
+    previous = signal.signal(signal.SIGTERM, on_sigterm)  # `timeout` stops us: stop the command, pack, say how to resume
+    try:
+        return run_stages(args, summary_path)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_stages(args, summary_path):
+    """The stages asked for, in order; the exit code (0 done, 1 a stage failed, 3 stopped early)."""
+    budget_end = None if args.budget_min is None else time.monotonic() + 60 * args.budget_min
+    failed, stopped = [], None
     for name in args.stage or list(STAGES):
-        fn, _, minutes, _ = STAGES[name]
         done_path = os.path.join(args.out, name, 'done.json')
-        if os.path.isfile(done_path) and json.load(open(done_path)).get('status') == 'ok':
+        before = json.load(open(done_path)) if os.path.isfile(done_path) else {}
+        if before.get('status') == 'ok':
             print(f'== {name}: already complete in {args.out}, skipped')
             continue
-        left = None if args.budget_min is None else args.budget_min - (time.monotonic() - start) / 60
-        if left is not None and minutes > left:
-            skipped.append(name)
-            print(f'== {name}: estimated {minutes} min, {left:.1f} left of --budget-min: not started')
-            continue
-        print(f'== {name}: {STAGES[name][1]}', flush=True)
+        if budget_end is not None and time.monotonic() >= budget_end:
+            stopped = f'--budget-min is spent before {name}'
+            break
+        print(f'== {name}: {STAGES[name][1]}' + (' (resumed)' if before else ''), flush=True)
         stage_start = time.monotonic()
-        ctx = Context(args, name)
         try:
-            figures, line = fn(ctx)
-            status = 'ok'
+            figures, line, status = *STAGES[name][0](Context(args, name, budget_end)), 'ok'
         except StageFailed as e:
             figures, line, status = {}, f'FAILED: {e}', 'failed'
             failed.append(name)
         except StageSkipped as e:
             figures, line, status = {}, f'skipped: {e}', 'skipped'
-        minutes_taken = (time.monotonic() - stage_start) / 60
+        except (OutOfTime, KeyboardInterrupt) as e:
+            stopped = str(e) or 'interrupted (Ctrl-C)'
+            figures, line, status = {}, f'incomplete: {stopped}; its finished runs are kept and a second run resumes it', 'incomplete'
+        minutes = (time.monotonic() - stage_start) / 60
+        total = minutes + before.get('minutes_all_attempts', before.get('minutes', 0))
         with open(done_path, 'w') as fh:
-            json.dump({'status': status, 'minutes': minutes_taken, 'figures': figures, 'summary': line}, fh, indent=1)
+            json.dump({'status': status, 'minutes': minutes, 'minutes_all_attempts': total, 'figures': figures,
+                       'summary': line}, fh, indent=1)
         with open(summary_path, 'a') as fh:
-            fh.write(f'- **{name}** ({minutes_taken:.1f} min): {line}\n')
-        print(f'== {name}: {line} ({minutes_taken:.1f} min)', flush=True)
+            fh.write(f'- **{name}** ({minutes:.1f} min{f", {total:.1f} in all attempts" if before else ""}): {line}\n')
+        print(f'== {name}: {line} ({minutes:.1f} min)', flush=True)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second stop must not cut the pack short
         pack(args.out)
+        signal.signal(signal.SIGTERM, on_sigterm)
+        if stopped:
+            break
     print(f'summary: {summary_path}; everything packed in {os.path.join(args.out, PACK)}')
-    if skipped:
-        print(f'not started (budget): {" ".join(skipped)}; run again to resume')
     if failed:
         print(f'error: stage(s) failed: {" ".join(failed)} (see their log.txt)', file=sys.stderr)
         return 1
+    if stopped:
+        print(f'stopped: {stopped}; run the same command again to resume', file=sys.stderr)
+        return 3
     return 0
 
 

@@ -6,7 +6,7 @@ and BLF's kept fraction per epoch (the forum thread's "selected samples" curve).
 
 Each argument is a group: a record folder, or a folder of record folders (all their runs pooled).
 A record that was interrupted, or stopped when training diverged, contributes the runs it finished
-and is named below the table.
+(and only their epochs) and is named below the table.
 """
 import argparse
 import json
@@ -61,8 +61,12 @@ def record_status(record):
 def summarize_group(path):
     records = records_in(path)
     incomplete = [(rec, status) for rec in records if (status := record_status(rec)) != 'complete']
-    runs = [r for rec in records for r in read_jsonl(os.path.join(rec, 'runs.jsonl'))]
-    epochs = [r for rec in records for r in read_jsonl(os.path.join(rec, 'epochs.jsonl'))]
+    runs, epochs = [], []
+    for rec in records:
+        finished = read_jsonl(os.path.join(rec, 'runs.jsonl'))
+        seeds = {r['seed'] for r in finished}
+        runs += finished
+        epochs += [e for e in read_jsonl(os.path.join(rec, 'epochs.jsonl')) if e.get('seed') in seeds]  # not a cut run's
     if not runs:
         return None
     acc = stats.summarize([r['test_acc'] for r in runs])

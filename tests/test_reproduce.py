@@ -1,6 +1,12 @@
 """reproduce.py: every stage at toy size on the CPU, the summary, the single packed file, resuming."""
 import json
+import os
+import shlex
+import signal
+import sys
 import tarfile
+import threading
+import time
 
 import pytest
 
@@ -84,11 +90,132 @@ def test_a_failed_stage_is_reported_and_runs_again(tmp_path, cifar_dir, monkeypa
     assert (tmp_path / 'summary.md').read_text().count('FAILED: on purpose') == 2
 
 
-def test_the_budget_leaves_stages_that_do_not_fit(tmp_path, cifar_dir, capsys):
+def test_seeds_go_to_train_py_in_contiguous_blocks_and_commands_compare_without_them():
+    assert reproduce.contiguous_blocks([0, 1, 2, 5, 6, 9]) == [(0, 3), (5, 2), (9, 1)]
+    assert reproduce.contiguous_blocks([]) == []
+    assert reproduce.without_seeds(['train.py', '--seed', '3', '--epochs', '30', '--runs=2', '--data-dir', '/a',
+                                    '--blf', '0.9']) == ['train.py', '--epochs', '30', '--blf', '0.9']
+
+
+def fake_train_py(calls, cut_after=None):
+    """Context.run as if it ran train.py: a record with its command, config and one runs.jsonl row
+    per seed; with cut_after=k the first call finishes k runs and is then stopped by the budget."""
+    def run(self, cmd, **kwargs):
+        argv = cmd[cmd.index('train.py'):]
+        value = lambda flag: argv[argv.index(flag) + 1]
+        seed, runs, out = int(value('--seed')), int(value('--runs')), value('--out-dir')
+        calls.append((seed, runs))
+        record = os.path.join(out, f'record-{len(calls)}')
+        os.makedirs(record)
+        with open(os.path.join(record, 'command.txt'), 'w') as fh:
+            fh.write(shlex.join(['python', *argv]) + '\n')
+        with open(os.path.join(record, 'config.json'), 'w') as fh:
+            fh.write('{}')
+        finished = runs if cut_after is None or len(calls) > 1 else cut_after
+        with open(os.path.join(record, 'runs.jsonl'), 'w') as fh:
+            for s in range(seed, seed + finished):
+                fh.write(json.dumps({'seed': s, 'test_acc': 0.9 + s / 100, 'time_s': 10.0 + s}) + '\n')
+        if finished < runs:
+            raise reproduce.OutOfTime('--budget-min is spent')
+        return 0, ''
+    return run
+
+
+def five_runs_stage(ctx):
+    out = os.path.join(ctx.dir, 'group')
+    ctx.train(out, ['--epochs', '30'], runs=5)
+    return {'group': reproduce.group_figures(out)}, 'five runs'
+
+
+def test_a_stage_cut_by_the_budget_resumes_its_missing_seeds_and_counts_none_twice(tmp_path, cifar_dir, monkeypatch):
+    calls = []
+    monkeypatch.setattr(reproduce.Context, 'run', fake_train_py(calls, cut_after=2))
+    monkeypatch.setitem(reproduce.STAGES, 'core', (five_runs_stage, 'five runs', 1, False))
+    args = ['--device', 'cuda', '--data-dir', cifar_dir, '--out', str(tmp_path), '--stage', 'core']
+    assert reproduce.main(args) == 3
+    done = json.loads((tmp_path / 'core' / 'done.json').read_text())
+    assert done['status'] == 'incomplete' and (tmp_path / reproduce.PACK).is_file()
+    assert reproduce.main(args) == 0
+    assert calls == [(0, 5), (2, 3)], 'the second call runs only the seeds the first did not finish'
+    done = json.loads((tmp_path / 'core' / 'done.json').read_text())
+    assert done['status'] == 'ok' and done['figures']['group']['acc']['n'] == 5
+    assert done['figures']['group']['acc']['mean'] == pytest.approx(0.92)
+    assert done['minutes_all_attempts'] >= done['minutes']
+    summary = (tmp_path / 'summary.md').read_text()
+    assert 'incomplete: --budget-min is spent' in summary and 'in all attempts): five runs' in summary
+    assert reproduce.main(args) == 0 and calls == [(0, 5), (2, 3)]
+
+
+def test_a_record_of_another_command_fails_the_stage_instead_of_being_pooled(tmp_path, cifar_dir, monkeypatch):
+    calls = []
+    monkeypatch.setattr(reproduce.Context, 'run', fake_train_py(calls))
+    monkeypatch.setitem(reproduce.STAGES, 'core', (five_runs_stage, 'five runs', 1, False))
+    stranger = tmp_path / 'core' / 'group' / 'stranger'
+    stranger.mkdir(parents=True)
+    (stranger / 'config.json').write_text('{}')
+    (stranger / 'command.txt').write_text('python train.py --epochs 10 --seed 0\n')
+    assert reproduce.main(['--device', 'cuda', '--data-dir', cifar_dir, '--out', str(tmp_path), '--stage', 'core']) == 1
+    assert calls == [] and 'was not made by this stage' in (tmp_path / 'summary.md').read_text()
+
+
+def test_a_torn_record_is_set_aside_and_its_seeds_run_again(tmp_path, cifar_dir, monkeypatch):
+    calls = []
+    monkeypatch.setattr(reproduce.Context, 'run', fake_train_py(calls))
+    monkeypatch.setitem(reproduce.STAGES, 'core', (five_runs_stage, 'five runs', 1, False))
+    args = ['--device', 'cuda', '--data-dir', cifar_dir, '--out', str(tmp_path), '--stage', 'core']
+    assert reproduce.main(args) == 0
+    (record,) = (tmp_path / 'core' / 'group').iterdir()
+    with open(record / 'runs.jsonl', 'a') as fh:
+        fh.write('{"seed": 5, "test_a')  # what a kill in the middle of a write leaves
+    (tmp_path / 'core' / 'done.json').unlink()
+    assert reproduce.main(args) == 0
+    assert calls == [(0, 5), (0, 5)] and (tmp_path / 'core' / 'group' / 'set-aside' / record.name).is_dir()
+
+
+SLOW_COMMAND = """
+import signal, sys, time
+def closing(*_):
+    print('closing the record', flush=True)
+    open(sys.argv[1], 'w').write('closed')
+    sys.exit(130)
+signal.signal(signal.SIGINT, closing)
+print('started', flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_command_past_the_budget_gets_ctrl_c_and_closes_its_record(tmp_path, cifar_dir):
+    args = reproduce.parse_args(['--smoke', '--device', 'cpu', '--data-dir', cifar_dir, '--out', str(tmp_path)])
+    ctx = reproduce.Context(args, 'core', budget_end=time.monotonic() + 2)
+    with pytest.raises(reproduce.OutOfTime):
+        ctx.run([sys.executable, '-c', SLOW_COMMAND, str(tmp_path / 'closed')])
+    assert (tmp_path / 'closed').read_text() == 'closed'
+    log = (tmp_path / 'core' / 'log.txt').read_text()
+    assert 'started' in log and 'closing the record' in log and '# stopped: --budget-min is spent' in log
+
+
+def test_sigterm_stops_the_command_packs_and_exits_3(tmp_path, cifar_dir, monkeypatch):
+    def slow_stage(ctx):
+        ctx.run([sys.executable, '-c', SLOW_COMMAND, str(tmp_path / 'closed')])
+        return {}, 'never reached'
+    monkeypatch.setitem(reproduce.STAGES, 'bench', (slow_stage, 'a slow stage', 1, False))
+    before = signal.getsignal(signal.SIGTERM)
+    timer = threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGTERM))
+    timer.start()
+    code = reproduce.main(['--smoke', '--device', 'cpu', '--data-dir', cifar_dir, '--out', str(tmp_path / 'out'),
+                           '--stage', 'bench', 'blf'])
+    timer.join()
+    assert code == 3 and (tmp_path / 'closed').read_text() == 'closed'
+    assert json.loads((tmp_path / 'out' / 'bench' / 'done.json').read_text())['status'] == 'incomplete'
+    assert not (tmp_path / 'out' / 'blf').exists(), 'no stage starts after a stop'
+    assert (tmp_path / 'out' / reproduce.PACK).is_file() and signal.getsignal(signal.SIGTERM) == before
+
+
+def test_a_spent_budget_starts_no_stage(tmp_path, cifar_dir, capsys):
     assert reproduce.main(['--smoke', '--device', 'cpu', '--data-dir', cifar_dir, '--out', str(tmp_path),
-                           '--budget-min', '0.5']) == 0
-    out = capsys.readouterr().out
-    assert 'not started (budget): tests core bench blf profile recipes fast airbench ladder post8' in out
+                           '--budget-min', '0']) == 3
+    assert 'run the same command again to resume' in capsys.readouterr().err
+    assert not any(p.is_dir() for p in tmp_path.iterdir())
 
 
 @pytest.mark.parametrize('args, message', [

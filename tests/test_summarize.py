@@ -49,3 +49,14 @@ def test_interrupted_and_unfinished_records_count_their_finished_runs_and_are_na
     assert '| 2 | 0.9420 ± 0.0014' in res.stdout
     assert f'note: {tmp_path / "g" / "r2"} is interrupted' in res.stdout
     assert f'note: {tmp_path / "g" / "r3"} is unfinished' in res.stdout
+
+
+def test_the_epochs_of_a_cut_run_stay_out_of_the_kept_curve(tmp_path):
+    """A record interrupted in seed 1's third epoch: seed 0 counts, seed 1's two epochs do not."""
+    fake_record(tmp_path / 'g' / 'r1', [(0, 0.941, 10.0)], [0.5, 0.5, 0.5], status='interrupted')
+    with open(tmp_path / 'g' / 'r1' / 'epochs.jsonl', 'a') as fh:
+        for epoch in (1, 2):
+            fh.write(json.dumps({'seed': 1, 'epoch': epoch, 'kept': 0.1}) + '\n')
+    res = run_script('summarize.py', tmp_path / 'g')
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.splitlines()[2].endswith('| 0.50 0.50 0.50 |')
