@@ -13,6 +13,10 @@ lose no precision). It stores loss_i and lse_i in fp32. A label outside 0..C-1 g
 
 with w the per-row weight (BLF: 1/k on kept rows, 0 elsewhere) and g the upstream scalar, read from
 device memory so nothing syncs. Rows with w_i == 0 get exactly 0, even if their logits are NaN.
+
+The class count C is a compile-time constant: one variant per data set (10 or 100 classes), and
+the loop over classes unrolls (one step for CIFAR-10). Triton 3.6's interpreter also cannot run a
+loop whose bound is a runtime argument under NumPy 2.4 (TypeError: only 0-dimensional arrays...).
 """
 import torch
 import triton
@@ -29,7 +33,7 @@ def _blocks(n_rows, n_cols):
 
 
 @triton.jit
-def _ce_forward_kernel(logits_ptr, labels_ptr, loss_ptr, lse_ptr, B, C, stride_b, smoothing,
+def _ce_forward_kernel(logits_ptr, labels_ptr, loss_ptr, lse_ptr, B, C: tl.constexpr, stride_b, smoothing,
                        SMOOTHING: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     row_ok = rows < B
@@ -59,7 +63,7 @@ def _ce_forward_kernel(logits_ptr, labels_ptr, loss_ptr, lse_ptr, B, C, stride_b
 
 
 @triton.jit
-def _ce_backward_kernel(logits_ptr, labels_ptr, lse_ptr, weight_ptr, grad_out_ptr, grad_ptr, B, C,
+def _ce_backward_kernel(logits_ptr, labels_ptr, lse_ptr, weight_ptr, grad_out_ptr, grad_ptr, B, C: tl.constexpr,
                         stride_b, stride_gb, smoothing, BLOCK_B: tl.constexpr, BLOCK_C: tl.constexpr):
     rows = tl.program_id(0) * BLOCK_B + tl.arange(0, BLOCK_B)
     row_ok = rows < B

@@ -48,7 +48,7 @@ def registers_and_spills(ptx):
 
 
 def build(fn, signature, constexprs, num_warps=4):
-    sig = {**signature, **{name: 'constexpr' for name in constexprs}}
+    sig = {name: 'constexpr' if name in constexprs else signature[name] for name in fn.arg_names}  # in the kernel's order
     kernel = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constexprs), target=TARGET,
                             options={'num_warps': num_warps})
     assert 'ptx' in kernel.asm and kernel.asm['ptx']
@@ -60,19 +60,19 @@ def build(fn, signature, constexprs, num_warps=4):
 
 
 def main():
-    tiles = sorted({_blocks(rows, classes) for rows, classes in ((512, 10), (5, 10), (4096, 100), (37, 1000))})
+    variants = sorted({(classes, *_blocks(rows, classes)) for rows, classes in ((512, 10), (5, 10), (4096, 100), (37, 1000))})
     for dtype in ('fp16', 'bf16', 'fp32'):
-        for block_b, block_c in tiles:
+        for classes, block_b, block_c in variants:
             for smoothing in (False, True):
                 build(_ce_forward_kernel,
                       {'logits_ptr': f'*{dtype}', 'labels_ptr': '*i64', 'loss_ptr': '*fp32', 'lse_ptr': '*fp32',
-                       'B': 'i32', 'C': 'i32', 'stride_b': 'i32', 'smoothing': 'fp32'},
-                      {'SMOOTHING': smoothing, 'BLOCK_B': block_b, 'BLOCK_C': block_c})
+                       'B': 'i32', 'stride_b': 'i32', 'smoothing': 'fp32'},
+                      {'C': classes, 'SMOOTHING': smoothing, 'BLOCK_B': block_b, 'BLOCK_C': block_c})
             build(_ce_backward_kernel,
                   {'logits_ptr': f'*{dtype}', 'labels_ptr': '*i64', 'lse_ptr': '*fp32', 'weight_ptr': '*fp32',
-                   'grad_out_ptr': '*fp32', 'grad_ptr': f'*{dtype}', 'B': 'i32', 'C': 'i32', 'stride_b': 'i32',
+                   'grad_out_ptr': '*fp32', 'grad_ptr': f'*{dtype}', 'B': 'i32', 'stride_b': 'i32',
                    'stride_gb': 'i32', 'smoothing': 'fp32'},
-                  {'BLOCK_B': block_b, 'BLOCK_C': block_c})
+                  {'C': classes, 'BLOCK_B': block_b, 'BLOCK_C': block_c})
     for block in [int(b) for b in sys.argv[1:]] or [2, 512, 4096]:
         build(_select_kernel,
               {'loss_ptr': '*fp32', 'weight_ptr': '*fp32', 'order_ptr': '*i64', 'counts_ptr': '*i32',

@@ -19,6 +19,6 @@ def test_every_kernel_variant_compiles_for_sm90(tmp_path):
                          cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert res.returncode == 0, res.stderr[-3000:]
     lines = [line for line in res.stdout.splitlines() if line.startswith('ok ')]
-    assert len(lines) == 3 * 4 * 3 + 5, res.stdout  # dtypes x tiles x (2 forward + 1 backward), 5 selections
+    assert len(lines) == 3 * 4 * 3 + 5, res.stdout  # dtypes x (classes, tile) x (2 forward + 1 backward), 5 selections
     for line in lines:  # the script exits non-zero on a spill; check its report too
         assert 'spill_stores=0 spill_loads=0' in line and int(line.split('registers=')[1].split()[0]) <= 255, line
