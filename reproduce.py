@@ -174,6 +174,10 @@ class Context:
             raise StageFailed(f'{line[2:]} exited with {proc.returncode}')
         return proc.returncode, ''.join(out)
 
+    def seconds_left(self):
+        """Until the stage's time or the budget runs out, whichever comes first."""
+        return min(t for t in (self.deadline, self.budget_end) if t is not None) - time.monotonic()
+
     def train(self, out, flags, runs=None, seed=None):
         """train.py with the stage's flags, for seeds seed..seed+runs-1; --smoke appends the toy
         sizes last, so they win. Seeds already finished in `out` (a run cut short by the budget)
@@ -316,8 +320,12 @@ def describe(name, fig):
 # Stages
 
 def stage_tests(ctx):
-    """pytest -m gpu with the data set found: no GPU test may skip for lack of data."""
-    code, out = ctx.run([sys.executable, '-m', 'pytest', '-m', 'gpu', '-q', '-rs', '-p', 'no:cacheprovider'],
+    """pytest -m gpu with the data set found: no GPU test may skip for lack of data. A test that
+    passed in an earlier attempt (its PASSED line is in the stage's log) is not run again, so a
+    stage cut short by the budget goes on with the tests it had not reached."""
+    passed_before = passed_tests(ctx.log_path)
+    deselect = [arg for node in sorted(passed_before) for arg in ('--deselect', node)]
+    code, out = ctx.run([sys.executable, '-m', 'pytest', '-m', 'gpu', '-v', '-rs', '-p', 'no:cacheprovider', *deselect],
                         env={'CIFAR10_DIR': os.path.abspath(ctx.args.data_dir)}, check=False)
     counts = pytest_counts(out)
     missing_data = [line for line in out.splitlines() if line.startswith('SKIPPED') and 'CIFAR-10 not found' in line]
@@ -325,7 +333,17 @@ def stage_tests(ctx):
         raise StageFailed(f'{len(missing_data)} GPU test(s) skipped for lack of data')
     if code not in (0, 5) or counts.get('failed') or counts.get('error'):
         raise StageFailed(f'pytest -m gpu: {counts or "exit " + str(code)}')
+    if passed_before:
+        counts['passed_in_earlier_attempts'] = len(passed_before)
     return counts, 'gpu tests: ' + ', '.join(f'{n} {k}' for k, n in counts.items())
+
+
+def passed_tests(log_path):
+    """The node ids that pytest -v reported PASSED in a log, as 'tests/test_x.py::test_y[p] PASSED [ 10%]'."""
+    if not os.path.isfile(log_path):
+        return set()
+    with open(log_path) as fh:
+        return {m.group(1) for m in re.finditer(r'^(tests/\S+::\S+) PASSED', fh.read(), re.M)}
 
 
 def pytest_counts(out):
@@ -443,10 +461,9 @@ def stage_airbench(ctx):
     """Each published airbench script named by --airbench, run on this GPU from this repo's data,
     then our recipe of the same name (n = 5), back to back: the ratio of their median times is
     measured side by side. The script runs as published (its own seeds, warm-up and clock) for at
-    most a third of the stage; its cache, and any logs it writes (they hold its code), are deleted
-    afterwards, so nothing of it enters the records."""
-    import shutil
-    import statistics
+    most a third of the time left (the stage's or the budget's); its cache, and any logs it writes
+    (they hold its code), are deleted afterwards, so nothing of it enters the records; its figures
+    are kept in published_script.json, so a resumed stage goes straight to our recipe."""
     if not ctx.args.airbench:
         raise StageSkipped('no --airbench PATH given (a local copy of a published airbench script)')
     figures, lines = {}, []
@@ -454,23 +471,14 @@ def stage_airbench(ctx):
         stem = os.path.splitext(os.path.basename(path))[0]
         recipe = stem.replace('_', '-')
         work = os.path.join(ctx.dir, stem)
-        write_airbench_cache(ctx.args.data_dir, os.path.join(work, 'cifar10'))
-        env = {}
-        if importlib.util.find_spec('torchvision') is None:  # the GPU machines lent so far have none
-            env['PYTHONPATH'] = os.pathsep.join(filter(None, [os.path.join(HERE, 'shims'), os.environ.get('PYTHONPATH')]))
-        budget = 60 * ctx.args.stage_timeout_min / 3
-        try:
-            code, out = ctx.run([sys.executable, os.path.abspath(path)], env=env, cwd=work, check=False, stop_after=budget)
-        finally:
-            for leftover in ('cifar10', 'logs'):
-                shutil.rmtree(os.path.join(work, leftover), ignore_errors=True)
-        runs = airbench_results(out)
-        if not runs or code not in (0, None):
-            raise StageFailed(f'{stem}: {len(runs)} finished run(s), exit {code}')
-        accs, times = [a for a, _ in runs], [t for _, t in runs]
-        theirs = {'acc': {'mean': statistics.mean(accs), 'std': statistics.stdev(accs) if len(accs) > 1 else 0.0, 'n': len(accs)},
-                  'time_s': {'median': statistics.median(times), 'min': min(times), 'max': max(times)},
-                  'stopped_early': code is None}
+        theirs_path = os.path.join(work, 'published_script.json')  # a resumed stage does not run it again
+        if os.path.isfile(theirs_path):
+            with open(theirs_path) as fh:
+                theirs = json.load(fh)
+        else:
+            theirs = run_airbench_script(ctx, path, work)
+            with open(theirs_path, 'w') as fh:
+                json.dump(theirs, fh, indent=1)
         figure = {'published_script': theirs}
         if recipe in recipe_names():
             ours_dir = os.path.join(ctx.dir, f'ours-{recipe}')
@@ -483,6 +491,31 @@ def stage_airbench(ctx):
             line += f'; {describe("ours --recipe " + recipe, figure["ours"])}; time ratio ours/theirs {figure["time_ratio_ours_to_theirs"]:.2f}'
         lines.append(line)
     return figures, '; '.join(lines)
+
+
+def run_airbench_script(ctx, path, work):
+    """Run a published script in `work` from a cache of our data, for a third of the time left;
+    the accuracy and time statistics of its finished runs. Its cache and logs are deleted."""
+    import shutil
+    import statistics
+    stem = os.path.splitext(os.path.basename(path))[0]
+    write_airbench_cache(ctx.args.data_dir, os.path.join(work, 'cifar10'))
+    env = {}
+    if importlib.util.find_spec('torchvision') is None:  # the GPU machines lent so far have none
+        env['PYTHONPATH'] = os.pathsep.join(filter(None, [os.path.join(HERE, 'shims'), os.environ.get('PYTHONPATH')]))
+    try:
+        code, out = ctx.run([sys.executable, os.path.abspath(path)], env=env, cwd=work, check=False,
+                            stop_after=ctx.seconds_left() / 3)
+    finally:
+        for leftover in ('cifar10', 'logs'):
+            shutil.rmtree(os.path.join(work, leftover), ignore_errors=True)
+    runs = airbench_results(out)
+    if not runs or code not in (0, None):
+        raise StageFailed(f'{stem}: {len(runs)} finished run(s), exit {code}')
+    accs, times = [a for a, _ in runs], [t for _, t in runs]
+    return {'acc': {'mean': statistics.mean(accs), 'std': statistics.stdev(accs) if len(accs) > 1 else 0.0, 'n': len(accs)},
+            'time_s': {'median': statistics.median(times), 'min': min(times), 'max': max(times)},
+            'stopped_early': code is None}
 
 
 def recipe_names():

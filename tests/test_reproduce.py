@@ -186,7 +186,7 @@ time.sleep(60)
 
 def test_a_command_past_the_budget_gets_ctrl_c_and_closes_its_record(tmp_path, cifar_dir):
     args = reproduce.parse_args(['--smoke', '--device', 'cpu', '--data-dir', cifar_dir, '--out', str(tmp_path)])
-    ctx = reproduce.Context(args, 'core', budget_end=time.monotonic() + 2)
+    ctx = reproduce.Context(args, 'core', budget_end=time.monotonic() + 4)  # time for the command to start under load
     with pytest.raises(reproduce.OutOfTime):
         ctx.run([sys.executable, '-c', SLOW_COMMAND, str(tmp_path / 'closed')])
     assert (tmp_path / 'closed').read_text() == 'closed'
@@ -200,7 +200,7 @@ def test_sigterm_stops_the_command_packs_and_exits_3(tmp_path, cifar_dir, monkey
         return {}, 'never reached'
     monkeypatch.setitem(reproduce.STAGES, 'bench', (slow_stage, 'a slow stage', 1, False))
     before = signal.getsignal(signal.SIGTERM)
-    timer = threading.Timer(2.0, os.kill, (os.getpid(), signal.SIGTERM))
+    timer = threading.Timer(4.0, os.kill, (os.getpid(), signal.SIGTERM))
     timer.start()
     code = reproduce.main(['--smoke', '--device', 'cpu', '--data-dir', cifar_dir, '--out', str(tmp_path / 'out'),
                            '--stage', 'bench', 'blf'])
@@ -235,7 +235,8 @@ def test_the_airbench_stage_runs_the_script_on_our_data_then_our_recipe_and_keep
     theirs = fig['published_script']
     assert theirs['acc']['n'] == 3 and 0.2 < theirs['acc']['mean'] < 0.4 and not theirs['stopped_early']
     assert fig['ours']['acc']['n'] == 2 and fig['time_ratio_ours_to_theirs'] > 0
-    assert sorted(p.name for p in (out / 'airbench' / 'airbench94').iterdir()) == []
+    assert sorted(p.name for p in (out / 'airbench' / 'airbench94').iterdir()) == ['published_script.json']
+    assert json.loads((out / 'airbench' / 'airbench94' / 'published_script.json').read_text()) == theirs
     with tarfile.open(out / reproduce.PACK) as tar:
         assert not any('/logs/' in n or n.endswith('.pt') for n in tar.getnames())
 
@@ -276,3 +277,25 @@ def test_the_post8_ladder_adds_one_published_step_per_rung_and_ends_at_the_recip
             else getattr(eighth, key) == getattr(final, key), key
     assert eighth.cutout == 5 and final.cutout == 0 and rungs[-1] == ['--recipe', 'myrtle-tricks']
     assert recipes.RECIPES['myrtle-tricks']['tta'] == 1
+
+
+def test_the_tests_stage_does_not_run_again_what_passed_in_an_earlier_attempt(tmp_path, cifar_dir, monkeypatch):
+    args = reproduce.parse_args(['--device', 'cuda', '--data-dir', cifar_dir, '--out', str(tmp_path)])
+    ctx = reproduce.Context(args, 'tests')
+    with open(ctx.log_path, 'w') as fh:  # an attempt cut short by the budget in its third test
+        fh.write('tests/test_blf.py::test_gpu_blf_epoch_has_no_host_sync[triton-mask] PASSED    [  7%]\n'
+                 'tests/test_kernels.py::test_gpu_kernels_match_reference[dtype0] PASSED          [ 14%]\n'
+                 'tests/test_kernels.py::test_gpu_kernels_match_reference[dtype1] FAILED          [ 21%]\n'
+                 '# stopped: --budget-min is spent\n')
+    commands = []
+
+    def run(cmd, **kwargs):
+        commands.append(cmd)
+        return 0, '============ 11 passed, 400 deselected in 61.2s ============\n'
+    monkeypatch.setattr(ctx, 'run', run)
+    counts, line = reproduce.stage_tests(ctx)
+    (cmd,) = commands
+    deselected = [cmd[i + 1] for i, arg in enumerate(cmd) if arg == '--deselect']
+    assert deselected == ['tests/test_blf.py::test_gpu_blf_epoch_has_no_host_sync[triton-mask]',
+                          'tests/test_kernels.py::test_gpu_kernels_match_reference[dtype0]']
+    assert counts == {'passed': 11, 'deselected': 400, 'passed_in_earlier_attempts': 2}
