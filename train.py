@@ -12,13 +12,14 @@ Every invocation writes a new record folder under --out-dir (default runs/).
 
 This file is the training loop, top to bottom: a step, an epoch, evaluation, warm-up, a run, and
 the runs of one invocation. The rest lives beside it: cli.py (flags and checks), networks.py,
-optimizers.py (optimizer step, loss scale, EMA, Muon, lookahead), schedules.py, blf.py
+optimizers.py (optimizer step, loss scale, EMA, Muon, lookahead), schedules.py, blf_step.py
 (BatchLossFilter's step), data_gpu.py (data and augmentation), record.py (the run record).
 """
 import itertools
 import math
 import os
 import shlex
+import signal
 import sys
 import time
 
@@ -347,6 +348,15 @@ class Interrupted(Exception):
     """Ctrl-C; the message says what the record kept."""
 
 
+def stop_on_signal(signum, frame):
+    """Ctrl-C and SIGTERM (`timeout`, a job's time limit, kill) end an invocation alike: the record
+    keeps the finished runs and says it was interrupted. Signals that follow are ignored, so that
+    a second one cannot cut the record's closing short."""
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
@@ -475,4 +485,6 @@ def train_runs(args, argv, h, data, device, dtype, backend, record, env, results
 
 
 if __name__ == '__main__':
+    for sig in (signal.SIGINT, signal.SIGTERM):  # as a script only: in-process callers keep their own handlers
+        signal.signal(sig, stop_on_signal)
     sys.exit(main())

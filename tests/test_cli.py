@@ -296,10 +296,14 @@ def test_divergence_without_blf_does_not_blame_blf(cifar_dir, tmp_path):
     assert json.load(open(os.path.join(record, 'summary.json')))['status'] == 'diverged'
 
 
-def test_ctrl_c_mid_run_prints_one_line_marks_the_record_and_exits_130(cifar_dir, tmp_path):
+@pytest.mark.parametrize('signals', [('SIGINT',), ('SIGTERM', 'SIGINT')])
+def test_ctrl_c_mid_run_prints_one_line_marks_the_record_and_exits_130(cifar_dir, tmp_path, signals):
+    """Ctrl-C, or SIGTERM (as `timeout` and job schedulers stop a job) followed by a Ctrl-C while the
+    record closes: the finished run is kept either way."""
     import signal
     import subprocess
     import sys
+    import time
     from conftest import REPO
     args = ['--device', 'cpu', '--data-dir', cifar_dir, '--out-dir', tmp_path, '--n-train', 512, '--n-test', 100,
             '--epochs', 50, '--width', 0.125, '--batch-size', 128, '--runs', 3]
@@ -308,7 +312,9 @@ def test_ctrl_c_mid_run_prints_one_line_marks_the_record_and_exits_130(cifar_dir
     for line in proc.stdout:  # wait until the first run has finished and the second has begun
         if line.startswith('    1 ') and 'seed 0:' in open(next(tmp_path.iterdir()) / 'log.txt').read():
             break
-    proc.send_signal(signal.SIGINT)
+    for name in signals:
+        proc.send_signal(getattr(signal, name))
+        time.sleep(0.05)
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130
     assert err.strip().count('\n') == 0 and err.startswith('interrupted: 1 of 3 run(s) finished'), err
