@@ -299,3 +299,30 @@ def test_the_tests_stage_does_not_run_again_what_passed_in_an_earlier_attempt(tm
     assert deselected == ['tests/test_blf.py::test_gpu_blf_epoch_has_no_host_sync[triton-mask]',
                           'tests/test_kernels.py::test_gpu_kernels_match_reference[dtype0]']
     assert counts == {'passed': 11, 'deselected': 400, 'passed_in_earlier_attempts': 2}
+
+
+def test_sigterm_to_the_process_group_mid_stage_then_a_rerun_finishes_it_without_repeating_a_seed(tmp_path, cifar_dir):
+    """End to end, as `timeout` stops a job (SIGTERM to the whole process group): the real train.py
+    closes its record with seed 0, reproduce.py packs and exits 3; the same command then runs seed 1
+    only, and the stage counts each seed once."""
+    import subprocess
+    out = tmp_path / 'out'
+    cmd = [sys.executable, str(REPO / 'reproduce.py'), '--smoke', '--device', 'cpu', '--data-dir', cifar_dir,
+           '--out', str(out), '--stage', 'core']
+    proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    for line in proc.stdout:
+        if line.startswith('seed 0: test accuracy'):
+            os.killpg(proc.pid, signal.SIGTERM)
+            break
+    rest = proc.stdout.read()
+    assert proc.wait(timeout=60) == 3, rest
+    assert json.loads((out / 'core' / 'done.json').read_text())['status'] == 'incomplete'
+    (record,) = (out / 'core' / 'default').iterdir()
+    assert json.loads((record / 'summary.json').read_text())['status'] == 'interrupted'
+    again = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stdout[-2000:] + again.stderr[-2000:]
+    assert f'# resumed: seed(s) 0 already finished in {out / "core" / "default"}' in again.stdout
+    assert '--runs 1 --seed 1' in again.stdout
+    figures = json.loads((out / 'core' / 'done.json').read_text())['figures']
+    assert figures['default']['acc']['n'] == 2 and all(fig['acc']['n'] == 2 for fig in figures.values())
