@@ -368,7 +368,7 @@ def stage_core(ctx):
     """The default recipe, n = 5 in one process, and the control of the gradient-scale fix: the
     same recipe under amp (fp32 weights, dynamic loss scaling) and with --loss-scale 1 (the old
     batch-mean backward in fp16)."""
-    groups = {'default': ([], 5), 'amp': (['--precision', 'amp'], 5), 'fp16-loss-scale-1': (['--loss-scale', '1'], 3)}
+    groups = {'default': ([], 5), 'amp': (['--precision', 'amp'], 3), 'fp16-loss-scale-1': (['--loss-scale', '1'], 3)}
     if ctx.device == 'cpu' and not ctx.smoke:
         raise StageFailed('the core stage compares GPU precisions: run it on a GPU (or with --smoke)')
     return train_groups(ctx, groups)
@@ -536,14 +536,17 @@ def stage_post8(ctx):
     return train_groups(ctx, {name: (POST8_LADDER[name], 3) for name in rungs})
 
 
-# name: (function, what it proves, estimated H100 minutes, measured?)
+# name: (function, what it proves, estimated H100 minutes, measured?). Until measured, the minutes
+# are reckoned from FLOPs: ResNet-9 trains on 2.27 GFLOP per image (networks.flops_per_image), so
+# at an assumed 100 TFLOP/s (a tenth of the H100's dense fp16 peak, usual for small convolutions)
+# a 24-epoch run takes about 27 s, and every train.py invocation adds about 15 s (data, warm-up).
 STAGES = {
-    'tests': (stage_tests, 'the GPU-only tests pass on real data: kernels natively, no host sync in whole epochs', 3, False),
+    'tests': (stage_tests, 'the GPU-only tests pass on real data: kernels natively, no host sync in whole epochs', 5, False),
     'core': (stage_core, 'the default recipe\'s accuracy and time (n=5); fp16 with the loss scale vs amp and vs '
-                         'the old unscaled step', 5, False),
+                         'the old unscaled step', 6, False),
     'bench': (stage_bench, 'BLF\'s kernels: Triton vs torch, and their cost as a share of a training step', 1, False),
     'blf': (stage_blf, 'whether BatchLossFilter saves time at equal accuracy, against a random subset of the '
-                       'same size (n=3 each, 30 epochs)', 8, False),
+                       'same size (n=3 each, 30 epochs)', 10, False),
     'profile': (stage_profile, 'where the time of a step goes, and the distance from the hardware floor', 3, False),
     'recipes': (stage_recipes, 'the leaderboard recipes on this repo\'s data path (airbench94, airbench94-muon, '
                                'myrtle-tricks): accuracy and time (n=5), to set beside the published figures', 4, False),
