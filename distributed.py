@@ -68,8 +68,14 @@ class Group:
         ids = [device.index] if device.type == 'cuda' else None
         return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
-    def close(self):
+    def close(self, wait_for_peers=False):
+        """Leave the job. wait_for_peers (every rank finished): a barrier first, so that no collective
+        is still in flight when the process group is torn down; without it gloo's worker threads
+        could abort a rank at exit now and then ("terminate called without an active exception",
+        seen once in CI). A rank that failed leaves at once: its peers may never arrive."""
         if self.active and dist.is_initialized():
+            if wait_for_peers:
+                dist.barrier()
             dist.destroy_process_group()
 
 

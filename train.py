@@ -382,8 +382,10 @@ def run(args, argv):
     group, device_text = distributed.join(args.device, args.data_parallel)
     try:
         run_in_group(args, argv, group, device_text)
-    finally:
+    except BaseException:
         group.close()
+        raise
+    group.close(wait_for_peers=True)
 
 
 def run_in_group(args, argv, group, device_text):

@@ -43,4 +43,4 @@ if __name__ == '__main__':
     model = one_step(x, y, lambda m: group.wrap(m, torch.device('cpu')))
     if group.leader:
         torch.save([p.detach() for p in model.parameters()], out)
-    group.close()
+    group.close(wait_for_peers=True)
