@@ -25,6 +25,7 @@ import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -496,7 +497,6 @@ def stage_airbench(ctx):
 def run_airbench_script(ctx, path, work):
     """Run a published script in `work` from a cache of our data, for a third of the time left;
     the accuracy and time statistics of its finished runs. Its cache and logs are deleted."""
-    import shutil
     import statistics
     stem = os.path.splitext(os.path.basename(path))[0]
     write_airbench_cache(ctx.args.data_dir, os.path.join(work, 'cifar10'))
@@ -561,14 +561,19 @@ STAGES = {
 # ----------------------------------------------------------------------------------------------
 # Driver
 
-def pack(out):
-    """OUT/reproduce.tgz with everything in OUT but itself, written beside it and then renamed."""
+def pack(out, copy_to=None):
+    """OUT/reproduce.tgz with everything in OUT but itself, written beside it and then renamed;
+    with copy_to, also copied into that folder (a job's output folder: the pack is there even if
+    the job is killed before its last line)."""
     tmp = os.path.join(out, PACK + '.part')
     with tarfile.open(tmp, 'w:gz') as tar:
         for name in sorted(os.listdir(out)):
             if name not in (PACK, PACK + '.part'):
                 tar.add(os.path.join(out, name), arcname=os.path.join(os.path.basename(os.path.abspath(out)), name))
     os.replace(tmp, os.path.join(out, PACK))
+    if copy_to:
+        shutil.copyfile(os.path.join(out, PACK), os.path.join(copy_to, PACK + '.part'))
+        os.replace(os.path.join(copy_to, PACK + '.part'), os.path.join(copy_to, PACK))
 
 
 def environment_line(device):
@@ -601,6 +606,8 @@ def parse_args(argv):
     ap.add_argument('--device', default='cuda', help='cuda, cuda:N or cpu (cpu only with --smoke)')
     ap.add_argument('--smoke', action='store_true', help='every stage at toy size (CPU tests and CI)')
     ap.add_argument('--list', action='store_true', help='list the stages and exit')
+    ap.add_argument('--copy-pack-to', metavar='DIR', help='also copy reproduce.tgz into DIR after every stage '
+                                                         '(a job\'s output folder, e.g. $OUT on the lent GPU)')
     ap.add_argument('--airbench', nargs='+', default=[], metavar='PATH',
                     help='local copies of published airbench scripts (airbench94.py, airbench94_muon.py) for the airbench stage')
     return ap.parse_args(argv)
@@ -622,6 +629,9 @@ def main(argv=None):
         os.makedirs(args.out, exist_ok=True)
     except OSError as e:
         print(f'error: cannot create {args.out}: {e.strerror}', file=sys.stderr)
+        return 2
+    if args.copy_pack_to and not os.path.isdir(args.copy_pack_to):
+        print(f'error: --copy-pack-to {args.copy_pack_to} is not a folder', file=sys.stderr)
         return 2
     summary_path = os.path.join(args.out, 'summary.md')
     if not os.path.exists(summary_path):
@@ -668,7 +678,7 @@ def run_stages(args, summary_path):
             fh.write(f'- **{name}** ({minutes:.1f} min{f", {total:.1f} in all attempts" if before else ""}): {line}\n')
         print(f'== {name}: {line} ({minutes:.1f} min)', flush=True)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second stop must not cut the pack short
-        pack(args.out)
+        pack(args.out, args.copy_pack_to)
         signal.signal(signal.SIGTERM, on_sigterm)
         if stopped:
             break

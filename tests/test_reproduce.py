@@ -202,13 +202,16 @@ def test_sigterm_stops_the_command_packs_and_exits_3(tmp_path, cifar_dir, monkey
     before = signal.getsignal(signal.SIGTERM)
     timer = threading.Timer(4.0, os.kill, (os.getpid(), signal.SIGTERM))
     timer.start()
+    (tmp_path / 'job').mkdir()  # the job's output folder: the pack must be there although the job was stopped
     code = reproduce.main(['--smoke', '--device', 'cpu', '--data-dir', cifar_dir, '--out', str(tmp_path / 'out'),
-                           '--stage', 'bench', 'blf'])
+                           '--stage', 'bench', 'blf', '--copy-pack-to', str(tmp_path / 'job')])
     timer.join()
     assert code == 3 and (tmp_path / 'closed').read_text() == 'closed'
     assert json.loads((tmp_path / 'out' / 'bench' / 'done.json').read_text())['status'] == 'incomplete'
     assert not (tmp_path / 'out' / 'blf').exists(), 'no stage starts after a stop'
     assert (tmp_path / 'out' / reproduce.PACK).is_file() and signal.getsignal(signal.SIGTERM) == before
+    assert (tmp_path / 'job' / reproduce.PACK).read_bytes() == (tmp_path / 'out' / reproduce.PACK).read_bytes()
+    assert sorted(p.name for p in (tmp_path / 'job').iterdir()) == [reproduce.PACK]
 
 
 def test_a_spent_budget_starts_no_stage(tmp_path, cifar_dir, capsys):
@@ -221,6 +224,7 @@ def test_a_spent_budget_starts_no_stage(tmp_path, cifar_dir, capsys):
 @pytest.mark.parametrize('args, message', [
     (['--device', 'cpu'], 'only --smoke makes sense'),
     (['--smoke', '--device', 'cpu', '--data-dir', '/nonexistent'], 'no cifar-10-batches-py/ in /nonexistent'),
+    (['--smoke', '--device', 'cpu', '--copy-pack-to', '/nonexistent'], '--copy-pack-to /nonexistent is not a folder'),
 ])
 def test_user_errors_are_one_line(args, message, tmp_path):
     res = run_script('reproduce.py', *args, '--out', tmp_path / 'out')
