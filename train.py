@@ -281,6 +281,14 @@ def init_weights_from_data(parts, data):
                 average.restart()
 
 
+def rank_hyp(hyp, group):
+    """The settings this rank's steps see: in a data-parallel run its slice of each global batch,
+    with lr, weight decay and the loss scale unchanged (they are the global batch's)."""
+    if not group.data_parallel:
+        return hyp
+    return {**hyp, 'batch_size': hyp['batch_size'] // group.world, 'loss_scale': loss_scale(hyp)}
+
+
 def train_run(hyp, data, seed, device, dtype, on_epoch, backend=None, log=print, group=None):
     """One full training run from `seed`; on_epoch(row) gets each epoch's row. Returns the result.
     In a data-parallel run (group.data_parallel) this rank trains on its slice of each global batch
@@ -289,8 +297,7 @@ def train_run(hyp, data, seed, device, dtype, on_epoch, backend=None, log=print,
     torch.manual_seed(seed)
     data.reseed(seed)  # the same augmented epochs on every rank of a data-parallel run
     global_batch = hyp['batch_size']
-    if group.data_parallel:  # this rank's steps see its slice; lr/wd and the loss scale are unchanged
-        hyp = {**hyp, 'batch_size': global_batch // group.world, 'loss_scale': loss_scale(hyp)}
+    hyp = rank_hyp(hyp, group)
     steps_per_epoch = data.n_train // global_batch
     settings = step_settings(hyp, steps_per_epoch)
     parts = run_parts(hyp, device, dtype, seed, backend, steps=len(settings))
@@ -455,7 +462,9 @@ def train_runs(args, argv, h, data, device, dtype, backend, record, env, results
     log('# time = training steps (augmentation included) + final evaluation; per-epoch test evals excluded')
     for note in schedule_notes(h):
         log(note)
-    warm_up(h, data, device, dtype, backend)
+    if group.data_parallel:  # warm up on the shapes the steps will see: this rank's slice, not the global batch
+        log(f'# warm-up at this rank\'s batch of {rank_hyp(h, group)["batch_size"]}')
+    warm_up(rank_hyp(h, group), data, device, dtype, backend)
     blf_on = h['blf'] is not None
     if blf_on:
         log(f'# BLF p={h["blf"]} q={h["blf_min_samples"]} from epoch {h["blf_start_epoch"]}, {h["blf_mode"]} mode, '

@@ -8,8 +8,11 @@ import sys
 import pytest
 import torch
 
+import cli
+import distributed
 import dp_step
 import networks
+import optimizers
 import train
 from conftest import REPO
 
@@ -91,6 +94,7 @@ def test_a_data_parallel_run_completes_with_one_record(cifar_dir, tmp_path, blf)
     assert config['data_parallel'] and config['world_size'] == 2
     assert json.load(open(record / 'summary.json'))['status'] == 'complete'
     assert 'one data-parallel run' in res.stdout
+    assert "# warm-up at this rank's batch of 32" in res.stdout, 'warm-up must see the shapes of the steps'
 
 
 def test_a_failing_rank_stops_the_job_with_one_line_and_an_incomplete_record(cifar_dir, tmp_path):
@@ -111,3 +115,11 @@ def test_data_parallel_without_torchrun_and_cuda_n_under_torchrun_are_refused(tm
     assert train.main(['--device', 'cpu', '--data-parallel', '--batch-size', '512', '--out-dir', str(tmp_path)]) == 2
     assert 'does not split over 3 ranks' in capsys.readouterr().err
     assert os.listdir(tmp_path) == []
+
+
+def test_a_data_parallel_rank_warms_up_and_steps_at_its_slice_of_the_batch():
+    h = {**cli.hyp, 'batch_size': 512}
+    rank = train.rank_hyp(h, distributed.Group(rank=1, world=4, local_rank=1, data_parallel=True))
+    assert rank['batch_size'] == 128 and rank['lr'] == h['lr'] and rank['weight_decay'] == h['weight_decay']
+    assert rank['loss_scale'] == optimizers.loss_scale(h), 'the loss scale is the global batch\'s'
+    assert train.rank_hyp(h, distributed.Group(rank=1, world=4, local_rank=1)) is h, 'seeds over ranks: whole batches'
