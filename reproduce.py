@@ -587,10 +587,19 @@ def environment_line(device):
     return f'{name} | torch {torch.__version__} | triton {triton_version} | python {sys.version.split()[0]}'
 
 
-def list_stages():
+def list_stages(out):
+    """The stages with their H100 minutes; where OUT holds a completed stage, the minutes it took
+    there (all attempts), from which the estimates are to be updated."""
     print(f'{"stage":8}  {"H100 min":>8}  what it proves')
     for name, (_, proves, minutes, measured) in STAGES.items():
-        print(f'{name:8}  {minutes:>5}{"" if measured else " (est.)":7}  {proves}')
+        took = ''
+        done_path = os.path.join(out, name, 'done.json')
+        if os.path.isfile(done_path):
+            with open(done_path) as fh:
+                done = json.load(fh)
+            if done.get('status') == 'ok':
+                took = f' [took {done.get("minutes_all_attempts", done["minutes"]):.1f} min in {out}]'
+        print(f'{name:8}  {minutes:>5}{"" if measured else " (est.)":7}  {proves}{took}')
 
 
 def parse_args(argv):
@@ -605,7 +614,7 @@ def parse_args(argv):
     ap.add_argument('--stage-timeout-min', type=float, default=9.0, help='stop a stage that runs longer than this')
     ap.add_argument('--device', default='cuda', help='cuda, cuda:N or cpu (cpu only with --smoke)')
     ap.add_argument('--smoke', action='store_true', help='every stage at toy size (CPU tests and CI)')
-    ap.add_argument('--list', action='store_true', help='list the stages and exit')
+    ap.add_argument('--list', action='store_true', help='list the stages and exit (with the minutes each took in --out)')
     ap.add_argument('--copy-pack-to', metavar='DIR', help='also copy reproduce.tgz into DIR after every stage '
                                                          '(a job\'s output folder, e.g. $OUT on the lent GPU)')
     ap.add_argument('--airbench', nargs='+', default=[], metavar='PATH',
@@ -616,7 +625,7 @@ def parse_args(argv):
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.list:
-        list_stages()
+        list_stages(args.out)
         return 0
     if args.device == 'cpu' and not args.smoke:
         print('error: without a GPU only --smoke makes sense (the stages measure GPU time)', file=sys.stderr)

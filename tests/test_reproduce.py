@@ -25,13 +25,19 @@ def smoke(cifar_dir, tmp_path_factory):
 FAKE_AIRBENCH = str(REPO / 'tests' / 'fake_airbench' / 'airbench94.py')
 
 
-def test_list_names_every_stage_with_its_minutes():
-    res = run_script('reproduce.py', '--list')
+def test_list_names_every_stage_with_its_minutes_and_what_each_took_in_out(tmp_path):
+    (tmp_path / 'core').mkdir()
+    (tmp_path / 'core' / 'done.json').write_text(json.dumps({'status': 'ok', 'minutes': 2.0, 'minutes_all_attempts': 7.25}))
+    (tmp_path / 'blf').mkdir()
+    (tmp_path / 'blf' / 'done.json').write_text(json.dumps({'status': 'incomplete', 'minutes': 8.0}))
+    res = run_script('reproduce.py', '--list', '--out', tmp_path)
     assert res.returncode == 0
     lines = res.stdout.splitlines()[1:]
     assert [line.split()[0] for line in lines] == list(reproduce.STAGES) == \
         ['tests', 'core', 'bench', 'blf', 'profile', 'recipes', 'fast', 'airbench', 'ladder', 'post8']
     assert all('(est.)' in line for line in lines), 'no stage has been timed on a GPU yet'
+    took = {line.split()[0]: line.split('[took ')[1] for line in lines if '[took ' in line}
+    assert took == {'core': f'7.2 min in {tmp_path}]'}, 'only a completed stage, all its attempts counted'
 
 
 def test_smoke_runs_every_stage_and_writes_its_figures(smoke):
