@@ -142,9 +142,10 @@ class Context:
         limits = [(self.deadline, 'stage'), (now + stop_after if stop_after is not None else None, 'share'),
                   (self.budget_end, 'budget')]
         end, why = min((t, w) for t, w in limits if t is not None)
+        ran_out = (OutOfTime('--budget-min is spent') if why == 'budget' else
+                   StageFailed(f'{line[2:]} ran past --stage-timeout-min {self.args.stage_timeout_min}'))
         if end <= now:
-            raise (OutOfTime('--budget-min is spent') if why == 'budget' else
-                   StageFailed(f'the stage ran past --stage-timeout-min {self.args.stage_timeout_min}'))
+            raise ran_out
         proc = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 env={**os.environ, 'PYTHONUNBUFFERED': '1', **(env or {})})
         out = []
@@ -156,18 +157,17 @@ class Context:
                     out.append(text)
             try:
                 echo(iter_lines(proc, end - now))
-            except (TimeoutError, OutOfTime) as e:
+            except OutOfTime:  # SIGTERM
                 stop(proc, echo)
-                if isinstance(e, OutOfTime):
-                    raise
+                raise
+            except TimeoutError:
+                stop(proc, echo)
                 if why == 'share':
                     echo([f'# stopped after {stop_after:.0f} s (the stage\'s share of time for it)\n'])
                     return None, ''.join(out)
-                if why == 'budget':
-                    echo(['# stopped: --budget-min is spent\n'])
-                    raise OutOfTime('--budget-min is spent') from None
-                echo([f'# stopped: the stage ran past --stage-timeout-min {self.args.stage_timeout_min}\n'])
-                raise StageFailed(f'{line[2:]} ran past --stage-timeout-min {self.args.stage_timeout_min}') from None
+                echo(['# stopped: ' + ('--budget-min is spent' if why == 'budget' else
+                                       f'the stage ran past --stage-timeout-min {self.args.stage_timeout_min}') + '\n'])
+                raise ran_out from None
             except KeyboardInterrupt:  # Ctrl-C in a terminal reached the command too: let it close its record
                 stop(proc, echo, interrupt=False)
                 raise
@@ -189,8 +189,8 @@ class Context:
         missing = [s for s in wanted if s not in finished]
         if len(missing) < len(wanted):
             self.log(f'# resumed: seed(s) {", ".join(str(s) for s in wanted if s in finished)} already finished in {out}')
+        gpus = gpu_count() if self.device == 'cuda' and not self.smoke else 1
         for start, count in contiguous_blocks(missing):
-            gpus = gpu_count() if self.device == 'cuda' and not self.smoke else 1
             launcher = [sys.executable]
             if gpus > 1 and count > 1:
                 launcher += ['-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(min(gpus, count))]
@@ -477,7 +477,7 @@ def stage_airbench(ctx):
             with open(theirs_path) as fh:
                 theirs = json.load(fh)
         else:
-            theirs = run_airbench_script(ctx, path, work)
+            theirs = run_airbench_script(ctx, path, stem, work)
             with open(theirs_path, 'w') as fh:
                 json.dump(theirs, fh, indent=1)
         figure = {'published_script': theirs}
@@ -494,11 +494,10 @@ def stage_airbench(ctx):
     return figures, '; '.join(lines)
 
 
-def run_airbench_script(ctx, path, work):
+def run_airbench_script(ctx, path, stem, work):
     """Run a published script in `work` from a cache of our data, for a third of the time left;
     the accuracy and time statistics of its finished runs. Its cache and logs are deleted."""
     import statistics
-    stem = os.path.splitext(os.path.basename(path))[0]
     write_airbench_cache(ctx.args.data_dir, os.path.join(work, 'cifar10'))
     env = {}
     if importlib.util.find_spec('torchvision') is None:  # the GPU machines lent so far have none

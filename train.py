@@ -462,9 +462,10 @@ def train_runs(args, argv, h, data, device, dtype, backend, record, env, results
     log('# time = training steps (augmentation included) + final evaluation; per-epoch test evals excluded')
     for note in schedule_notes(h):
         log(note)
-    if group.data_parallel:  # warm up on the shapes the steps will see: this rank's slice, not the global batch
-        log(f'# warm-up at this rank\'s batch of {rank_hyp(h, group)["batch_size"]}')
-    warm_up(rank_hyp(h, group), data, device, dtype, backend)
+    steps_hyp = rank_hyp(h, group)  # warm up on the shapes the steps will see: this rank's slice, not the global batch
+    if group.data_parallel:
+        log(f'# warm-up at this rank\'s batch of {steps_hyp["batch_size"]}')
+    warm_up(steps_hyp, data, device, dtype, backend)
     blf_on = h['blf'] is not None
     if blf_on:
         log(f'# BLF p={h["blf"]} q={h["blf_min_samples"]} from epoch {h["blf_start_epoch"]}, {h["blf_mode"]} mode, '
