@@ -5,12 +5,15 @@ table train.py prints, and how the runs of several torchrun ranks become one rec
 """
 
 
+import ast
 import glob
+import hashlib
 import json
 import os
 import platform
 import shutil
 import subprocess
+import sys
 import time
 
 import torch
@@ -116,6 +119,41 @@ def save_source_state(path, root=HERE):
     with open(os.path.join(path, 'git.diff'), 'w') as fh:
         fh.write(diff)
     return 'diff'
+
+
+def code_hash(path):
+    """A short hash of a Python file's code: of its syntax tree, so that comments and layout do not
+    count as other code (docstrings do); of its bytes where it does not parse. None if it is missing."""
+    try:
+        with open(path, 'rb') as fh:
+            text = fh.read()
+    except FileNotFoundError:
+        return None
+    try:
+        text = ast.dump(ast.parse(text)).encode()
+    except (SyntaxError, ValueError):
+        pass
+    return hashlib.sha256(text).hexdigest()[:16]
+
+
+def code_hashes(files, root=HERE):
+    """{relative path: code_hash} of these files of the repository."""
+    return {rel: code_hash(os.path.join(root, rel)) for rel in sorted(files)}
+
+
+def loaded_code(root=HERE):
+    """The repository's own modules this process has imported (relative paths), the tests and
+    anything under a hidden folder (a virtual environment in the checkout) left out: what the run
+    is made of, for env.json's `code`."""
+    files = set()
+    for module in list(sys.modules.values()):
+        path = getattr(module, '__file__', None)
+        if not isinstance(path, str) or not os.path.isabs(path) or not path.endswith('.py'):  # torch.ops names '_ops.py'
+            continue
+        parts = os.path.relpath(path, root).split(os.sep)
+        if parts[0] not in ('..', 'tests') and not any(p.startswith('.') or p == 'site-packages' for p in parts):
+            files.add(os.path.join(*parts))
+    return sorted(files)
 
 
 class Record:

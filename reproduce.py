@@ -13,7 +13,10 @@ clock (CUDA events around the training steps and the final evaluation, airbench'
 
 Resuming: a stage completed in OUT is skipped; one that failed or was cut short runs again, and
 within it every seed already finished in OUT is not run again, so no work is lost and no seed is
-counted twice. --budget-min M stops the whole run after M minutes (as SIGTERM from `timeout`
+counted twice. Only runs of the same code are pooled: a record whose code (env.json's per-file
+hashes of what train.py imported) differs from the code now is set aside and its seeds run again,
+and a stage completed with other code runs again (keeping its records of unchanged code), so a
+fix made between two attempts never mixes with the runs it fixed. --budget-min M stops the whole run after M minutes (as SIGTERM from `timeout`
 does): the running command gets Ctrl-C and keeps its finished runs, OUT is packed, the exit code
 is 3, and the same command resumes it. Each stage also stops after --stage-timeout-min (default
 9). The --list estimates are for an H100 and are guesses until a GPU has measured them.
@@ -261,13 +264,62 @@ def finished_seeds(out, command, log):
         try:
             rows = summarize.read_jsonl(os.path.join(record, 'runs.jsonl'))
         except summarize.BadRecord as e:
-            aside = os.path.join(out, 'set-aside')
-            os.makedirs(aside, exist_ok=True)
-            os.replace(record, os.path.join(aside, os.path.basename(record)))
-            log(f'# {e}: its record is moved to {aside} and its seeds run again')
+            set_aside(out, record, str(e), log)
+            continue
+        changed = code_changed_since(record)
+        if changed:
+            set_aside(out, record, f'{record} was made by other code ({few(changed)})', log)
             continue
         seeds.update(row['seed'] for row in rows)
     return seeds
+
+
+def set_aside(out, record, why, log):
+    """Move a record that must not be pooled to out/set-aside/ (kept, not deleted); its seeds run again."""
+    aside = os.path.join(out, 'set-aside')
+    os.makedirs(aside, exist_ok=True)
+    os.replace(record, os.path.join(aside, os.path.basename(record)))
+    log(f'# {why}: its record is moved to {aside} and its seeds run again')
+
+
+def code_changed_since(record_path):
+    """The files of the code a record ran (env.json's `code`) that are not the same code now:
+    a fix made between two attempts must not pool runs of the old code with runs of the new.
+    Edits of comments or layout do not count (record.code_hash)."""
+    import record
+    try:
+        with open(os.path.join(record_path, 'env.json')) as fh:
+            then = json.load(fh).get('code')
+    except (FileNotFoundError, json.JSONDecodeError):
+        then = None
+    if not then:
+        return ['its env.json names no code']
+    return [rel for rel, digest in then.items() if record.code_hash(os.path.join(HERE, rel)) != digest]
+
+
+def repo_code():
+    """{path: code hash} of the repository's Python code, tests included and this runner left out:
+    what a completed stage was made with. A stage completed with other code runs again."""
+    import glob
+    import record
+    files = {rel for pattern in ('*.py', 'kernels/*.py', 'tests/*.py', 'tests/*/*.py', 'shims/*.py', 'shims/*/*.py')
+             for rel in glob.glob(pattern, root_dir=HERE)} - {'reproduce.py'}
+    return record.code_hashes(files)
+
+
+def code_differences(then, now):
+    """The files that differ between two {path: code hash}: changed, gone or new."""
+    return sorted(rel for rel in then.keys() | now.keys() if then.get(rel) != now.get(rel))
+
+
+def few(names, most=4):
+    """'a, b, c, d and 9 more'."""
+    return ', '.join(names[:most]) + (f' and {len(names) - most} more' if len(names) > most else '')
+
+
+def code_digest(code):
+    import hashlib
+    return hashlib.sha256(json.dumps(code, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def gpu_count():
@@ -322,9 +374,12 @@ def describe(name, fig):
 
 def stage_tests(ctx):
     """pytest -m gpu with the data set found: no GPU test may skip for lack of data. A test that
-    passed in an earlier attempt (its PASSED line is in the stage's log) is not run again, so a
-    stage cut short by the budget goes on with the tests it had not reached."""
-    passed_before = passed_tests(ctx.log_path)
+    passed in an earlier attempt with the same code (its PASSED line is in the stage's log, under
+    the same `# code` line) is not run again, so a stage cut short by the budget goes on with the
+    tests it had not reached; after a fix, every test runs again."""
+    code = code_digest(repo_code())
+    passed_before = passed_tests(ctx.log_path, code)
+    ctx.log(f'# code {code}')
     deselect = [arg for node in sorted(passed_before) for arg in ('--deselect', node)]
     code, out = ctx.run([sys.executable, '-m', 'pytest', '-m', 'gpu', '-v', '-rs', '-p', 'no:cacheprovider', *deselect],
                         env={'CIFAR10_DIR': os.path.abspath(ctx.args.data_dir)}, check=False)
@@ -339,12 +394,19 @@ def stage_tests(ctx):
     return counts, 'gpu tests: ' + ', '.join(f'{n} {k}' for k, n in counts.items())
 
 
-def passed_tests(log_path):
-    """The node ids that pytest -v reported PASSED in a log, as 'tests/test_x.py::test_y[p] PASSED [ 10%]'."""
+def passed_tests(log_path, code):
+    """The node ids that pytest -v reported PASSED in a log ('tests/test_x.py::test_y[p] PASSED [ 10%]')
+    in the attempts made with this code (the lines after a '# code <digest>' line of this digest)."""
     if not os.path.isfile(log_path):
         return set()
+    passed, current = set(), None
     with open(log_path) as fh:
-        return {m.group(1) for m in re.finditer(r'^(tests/\S+::\S+) PASSED', fh.read(), re.M)}
+        for line in fh:
+            if line.startswith('# code '):
+                current = line.split()[2]
+            elif current == code and (m := re.match(r'(tests/\S+::\S+) PASSED', line)):
+                passed.add(m.group(1))
+    return passed
 
 
 def pytest_counts(out):
@@ -656,12 +718,16 @@ def run_stages(args, summary_path):
     """The stages asked for, in order; the exit code (0 done, 1 a stage failed, 3 stopped early)."""
     budget_end = None if args.budget_min is None else time.monotonic() + 60 * args.budget_min
     failed, stopped = [], None
+    code = repo_code()
     for name in args.stage or list(STAGES):
         done_path = os.path.join(args.out, name, 'done.json')
         before = json.load(open(done_path)) if os.path.isfile(done_path) else {}
-        if before.get('status') == 'ok':
+        changed = code_differences(before.get('code', {}), code)
+        if before.get('status') == 'ok' and not changed:
             print(f'== {name}: already complete in {args.out}, skipped')
             continue
+        if before.get('status') == 'ok':  # its training records of unchanged code are kept: only what changed runs
+            print(f'== {name}: complete in {args.out}, but the code changed since ({few(changed)}): running it again')
         if budget_end is not None and time.monotonic() >= budget_end:
             stopped = f'--budget-min is spent before {name}'
             break
@@ -681,7 +747,7 @@ def run_stages(args, summary_path):
         total = minutes + before.get('minutes_all_attempts', before.get('minutes', 0))
         with open(done_path, 'w') as fh:
             json.dump({'status': status, 'minutes': minutes, 'minutes_all_attempts': total, 'figures': figures,
-                       'summary': line}, fh, indent=1)
+                       'summary': line, 'code': code}, fh, indent=1)
         with open(summary_path, 'a') as fh:
             fh.write(f'- **{name}** ({minutes:.1f} min{f", {total:.1f} in all attempts" if before else ""}): {line}\n')
         print(f'== {name}: {line} ({minutes:.1f} min)', flush=True)

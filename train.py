@@ -34,7 +34,8 @@ from blf_step import BLF, BLF_TOTALS, blf_backend, blf_train_step
 from cli import UserError, hyp, parse_args, check_args, schedule_notes, use_device
 from networks import PRECISIONS, autocast, make_model, net_options, resolve_precision, whitening_bias
 from optimizers import EMA, apply_setting, averaged_tensors, backward_and_step, loss_scale, make_optimizer, make_scaler
-from record import Follower, RankFailed, Record, environment, finish_record, format_row, gather_runs, save_source_state, table_header
+from record import (Follower, RankFailed, Record, code_hashes, environment, finish_record, format_row, gather_runs,
+                    loaded_code, save_source_state, table_header)
 from schedules import step_settings
 
 # ----------------------------------------------------------------------------------------------
@@ -424,6 +425,7 @@ def run_in_group(args, argv, group, device_text):
         with open(os.path.join(record.path, 'command.txt'), 'w') as fh:
             fh.write(shlex.join(['python', 'train.py'] + argv) + '\n')
         env['source'] = save_source_state(record.path)  # clean (the commit says it all), diff or copied
+        env['code'] = code_hashes(loaded_code())  # per file: reproduce.py pools only runs of the same code
         record.write_json('env.json', env)
 
     results, epochs, error = [], [], None

@@ -12,6 +12,7 @@ import pytest
 
 import reproduce
 from conftest import REPO, run_script
+from record import code_hash, code_hashes, loaded_code
 
 
 @pytest.fixture(scope='module')
@@ -61,6 +62,20 @@ def test_smoke_runs_every_stage_and_writes_its_figures(smoke):
     assert set(recipes) == {'airbench94', 'airbench94-muon', 'myrtle-tricks'}
     tests = json.loads((out / 'tests' / 'done.json').read_text())['figures']
     assert tests['skipped'] >= 10 and not tests.get('failed'), 'on a CPU the GPU tests skip; none fails'
+
+
+def test_every_record_names_the_code_it_ran_and_that_code_is_unchanged(smoke):
+    _, out = smoke
+    codes = {}
+    for group in ('core/default', 'blf/blf-compact'):
+        for record in (out / group).iterdir():
+            codes[group] = json.loads((record / 'env.json').read_text())['code']
+            assert {'train.py', 'record.py', 'data_gpu.py', 'networks.py'} <= set(codes[group]), group
+            assert not any(rel.startswith('tests') for rel in codes[group])
+            assert all(len(h) == 16 for h in codes[group].values())
+            assert reproduce.code_changed_since(str(record)) == []
+    assert 'kernels/selection.py' in codes['blf/blf-compact'] and 'kernels/selection.py' not in codes['core/default'], \
+        'the code a run imported, no more'
 
 
 def test_everything_is_packed_into_one_file(smoke):
@@ -117,6 +132,8 @@ def fake_train_py(calls, cut_after=None):
             fh.write(shlex.join(['python', *argv]) + '\n')
         with open(os.path.join(record, 'config.json'), 'w') as fh:
             fh.write('{}')
+        with open(os.path.join(record, 'env.json'), 'w') as fh:
+            json.dump({'code': code_hashes(['train.py', 'networks.py'])}, fh)
         finished = runs if cut_after is None or len(calls) > 1 else cut_after
         with open(os.path.join(record, 'runs.jsonl'), 'w') as fh:
             for s in range(seed, seed + finished):
@@ -176,6 +193,63 @@ def test_a_torn_record_is_set_aside_and_its_seeds_run_again(tmp_path, cifar_dir,
     (tmp_path / 'core' / 'done.json').unlink()
     assert reproduce.main(args) == 0
     assert calls == [(0, 5), (0, 5)] and (tmp_path / 'core' / 'group' / 'set-aside' / record.name).is_dir()
+
+
+def test_a_record_of_other_code_is_set_aside_and_one_of_unchanged_code_is_kept(tmp_path, cifar_dir, monkeypatch, capsys):
+    """A fix between two attempts: the completed stage runs again; a record whose code changed is set
+    aside and its seeds run again, one whose code did not change (another file did) is pooled as is."""
+    calls = []
+    monkeypatch.setattr(reproduce.Context, 'run', fake_train_py(calls))
+    monkeypatch.setitem(reproduce.STAGES, 'core', (five_runs_stage, 'five runs', 1, False))
+    args = ['--device', 'cuda', '--data-dir', cifar_dir, '--out', str(tmp_path), '--stage', 'core']
+    assert reproduce.main(args) == 0 and reproduce.main(args) == 0 and calls == [(0, 5)]
+    assert 'already complete' in capsys.readouterr().out
+
+    now = reproduce.repo_code()
+    monkeypatch.setattr(reproduce, 'repo_code', lambda: {**now, 'bench_blf.py': 'another'})  # not what train.py ran
+    assert reproduce.main(args) == 0 and calls == [(0, 5)], 'the records are of unchanged code: nothing to run'
+    assert 'the code changed since (bench_blf.py): running it again' in capsys.readouterr().out
+
+    (record,) = (tmp_path / 'core' / 'group').iterdir()
+    env = json.loads((record / 'env.json').read_text())
+    (record / 'env.json').write_text(json.dumps({'code': {**env['code'], 'networks.py': 'before-the-fix'}}))
+    monkeypatch.setattr(reproduce, 'repo_code', lambda: {**now, 'networks.py': 'the-fix'})
+    assert reproduce.main(args) == 0 and calls == [(0, 5), (0, 5)]
+    assert (tmp_path / 'core' / 'group' / 'set-aside' / record.name).is_dir()
+    assert f'{record} was made by other code (networks.py)' in capsys.readouterr().out
+    assert json.loads((tmp_path / 'core' / 'done.json').read_text())['figures']['group']['acc']['n'] == 5
+
+
+def test_a_record_that_names_no_code_is_not_pooled(tmp_path):
+    (tmp_path / 'env.json').write_text('{"torch": "2.11"}')
+    assert reproduce.code_changed_since(str(tmp_path)) == ['its env.json names no code']
+    (tmp_path / 'env.json').unlink()
+    assert reproduce.code_changed_since(str(tmp_path)) == ['its env.json names no code']
+
+
+def test_code_hashes_ignore_comments_and_layout_but_not_code(tmp_path):
+    (tmp_path / 'a.py').write_text('def f(x):\n    return x + 1\n')
+    first = code_hash(tmp_path / 'a.py')
+    (tmp_path / 'a.py').write_text('# why\ndef f(x):  # the step\n\n    return (x +\n            1)\n')
+    assert code_hash(tmp_path / 'a.py') == first
+    (tmp_path / 'a.py').write_text('def f(x):\n    return x + 2\n')
+    assert code_hash(tmp_path / 'a.py') != first
+    (tmp_path / 'a.py').write_text('def f(x:\n')  # does not parse: its bytes count
+    assert code_hash(tmp_path / 'a.py') not in (None, first)
+    assert code_hashes(['a.py', 'gone.py'], root=tmp_path)['gone.py'] is None
+    assert reproduce.code_differences({'a': '1', 'b': '2'}, {'a': '1', 'b': '3', 'c': '4'}) == ['b', 'c']
+
+
+def test_loaded_code_is_the_repos_imported_modules_without_tests_or_hidden_folders(monkeypatch):
+    import types
+    for name, path in (('fake_venv_module', REPO / '.venv' / 'lib' / 'site-packages' / 'x.py'),
+                       ('fake_outside', REPO.parent / 'elsewhere.py'), ('fake_relative', 'networks_copy.py')):
+        monkeypatch.setitem(sys.modules, name, types.SimpleNamespace(__file__=str(path)))
+    files = loaded_code()
+    assert {'reproduce.py', 'record.py', 'kernels/__init__.py'} <= set(files)
+    assert not any(f.startswith(('tests', '.', '..')) or 'site-packages' in f for f in files)
+    assert 'networks_copy.py' not in files and '_ops.py' not in files, 'a relative __file__ is nobody\'s file here'
+    assert all(code_hashes(files).values())
 
 
 SLOW_COMMAND = """
@@ -292,8 +366,12 @@ def test_the_post8_ladder_adds_one_published_step_per_rung_and_ends_at_the_recip
 def test_the_tests_stage_does_not_run_again_what_passed_in_an_earlier_attempt(tmp_path, cifar_dir, monkeypatch):
     args = reproduce.parse_args(['--device', 'cuda', '--data-dir', cifar_dir, '--out', str(tmp_path)])
     ctx = reproduce.Context(args, 'tests')
-    with open(ctx.log_path, 'w') as fh:  # an attempt cut short by the budget in its third test
-        fh.write('tests/test_blf.py::test_gpu_blf_epoch_has_no_host_sync[triton-mask] PASSED    [  7%]\n'
+    code = reproduce.code_digest(reproduce.repo_code())
+    with open(ctx.log_path, 'w') as fh:  # an attempt with other code, then one cut short by the budget in its third test
+        fh.write('# code 0123456789abcdef\n'
+                 'tests/test_model.py::test_gpu_step_runs_channels_last PASSED                     [  7%]\n'
+                 f'# code {code}\n'
+                 'tests/test_blf.py::test_gpu_blf_epoch_has_no_host_sync[triton-mask] PASSED    [  7%]\n'
                  'tests/test_kernels.py::test_gpu_kernels_match_reference[dtype0] PASSED          [ 14%]\n'
                  'tests/test_kernels.py::test_gpu_kernels_match_reference[dtype1] FAILED          [ 21%]\n'
                  '# stopped: --budget-min is spent\n')
@@ -309,6 +387,9 @@ def test_the_tests_stage_does_not_run_again_what_passed_in_an_earlier_attempt(tm
     assert deselected == ['tests/test_blf.py::test_gpu_blf_epoch_has_no_host_sync[triton-mask]',
                           'tests/test_kernels.py::test_gpu_kernels_match_reference[dtype0]']
     assert counts == {'passed': 11, 'deselected': 400, 'passed_in_earlier_attempts': 2}
+    assert ctx.log_path and open(ctx.log_path).read().count(f'# code {code}') == 2, 'this attempt names its code'
+    assert reproduce.passed_tests(ctx.log_path, 'fedcba9876543210') == set(), 'after a fix every test runs again'
+
 
 
 def test_sigterm_to_the_process_group_mid_stage_then_a_rerun_finishes_it_without_repeating_a_seed(tmp_path, cifar_dir):
