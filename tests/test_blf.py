@@ -282,6 +282,9 @@ def test_benchmark_runs_and_writes_its_tables(tmp_path):
         assert r['overhead_pct'] == pytest.approx(100 * r['triton_ms'] / r['step_ms'])
         assert r['triton_p20'] <= r['triton_ms'] <= r['triton_p80'] and r['torch_p20'] <= r['torch_ms'] <= r['torch_p80']
     assert run_script('bench_blf.py', '--batch-sizes', 'x').returncode != 0
+    for args, message in ((['--reps', '0'], '--reps must be positive'), (['--device', 'cuda:99'], 'GPU')):
+        res = run_script('bench_blf.py', *args)
+        assert res.returncode != 0 and message in res.stderr and len(res.stderr.strip().splitlines()) == 1, args
 
 
 def test_a_diverging_blf_run_stops_with_one_line_and_keeps_its_record(cifar_dir, tmp_path):

@@ -150,6 +150,34 @@ def test_weighted_cross_entropy_autograd_matches_torch():
     torch.testing.assert_close(xt.grad.cpu().double(), xr.grad, atol=1e-6, rtol=0)
 
 
+def test_an_empty_batch_gives_empty_outputs_and_a_zero_sum():
+    logits = torch.zeros(0, 10, device=DEVICE, requires_grad=True)
+    labels = torch.zeros(0, dtype=torch.long, device=DEVICE)
+    loss, lse = ce.cross_entropy_forward(logits.detach(), labels, 0.2)
+    assert loss.shape == lse.shape == (0,) and loss.dtype == lse.dtype == torch.float32
+    value = triton_impl.weighted_cross_entropy(logits, labels, torch.zeros(0, device=DEVICE), 0.2)
+    value.backward()
+    assert value.item() == 0.0 and logits.grad.shape == (0, 10)
+
+
+def test_logits_with_a_column_stride_give_the_contiguous_results():
+    """A transposed or column-sliced logits tensor (stride(1) != 1) is read as its contiguous copy."""
+    wide = torch.randn(10, 37, generator=gen(3)).to(DEVICE)
+    logits = wide.t()  # [37, 10], stride (1, 37)
+    labels = torch.randint(0, 10, (37,), generator=gen(4)).to(DEVICE)
+    weight = torch.rand(37, generator=gen(5)).to(DEVICE)
+    assert logits.stride(1) != 1
+    check_cross_entropy(logits, labels, weight, 0.1)
+    loss, _ = ce.cross_entropy_forward(logits, labels)
+    torch.testing.assert_close(loss, ce.cross_entropy_forward(logits.contiguous(), labels)[0], atol=0, rtol=0)
+
+
+def test_logits_of_another_dtype_are_refused():
+    with pytest.raises(ValueError, match='fp16, bf16 or fp32'):
+        ce.cross_entropy_forward(torch.zeros(4, 10, dtype=torch.float64, device=DEVICE),
+                                 torch.zeros(4, dtype=torch.long, device=DEVICE))
+
+
 def test_bad_shapes_are_refused():
     with pytest.raises(ValueError, match='expected logits'):
         ce.cross_entropy_forward(torch.zeros(4, 10, device=DEVICE), torch.zeros(5, dtype=torch.long, device=DEVICE))

@@ -52,10 +52,23 @@ def test_profile_runs_and_writes_every_section(cifar_dir, tmp_path):
     (['--batch-sizes', '0,8'], 'expected positive integers'),
     (['--steps', '1'], '--steps must be at least 2'),
     (['--n-train', '100', '--batch-sizes', '128'], 'every batch size must fit'),
+    (['--device', 'cuda:99'], 'GPU'),  # none here, or fewer than 100
+    (['--device', 'tpu'], '--device must be cuda, cuda:N or cpu'),
 ])
 def test_bad_arguments(args, message):
     res = run_script('profile.py', '--device', 'cpu', *args)
     assert res.returncode != 0 and message in res.stderr and 'Traceback' not in res.stderr
+
+
+def test_damaged_data_and_an_unwritable_out_are_one_line_errors(tmp_path, cifar_dir):
+    (tmp_path / 'cifar-10-batches-py').mkdir()  # extracted, but empty
+    res = run_script('profile.py', '--device', 'cpu', '--data-dir', tmp_path)
+    assert res.returncode != 0 and 'data_batch_1 is missing' in res.stderr and 'Traceback' not in res.stderr
+    (tmp_path / 'a-file').write_text('')
+    res = run_script('profile.py', '--device', 'cpu', '--data-dir', cifar_dir, '--out', tmp_path / 'a-file' / 'runs',
+                     '--batch-sizes', '8', '--ablation-batch', '8', '--n-train', '64')
+    assert res.returncode != 0 and 'cannot create the output folder' in res.stderr and 'Traceback' not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
 
 
 def test_flop_count_matches_the_layer_shapes():
