@@ -356,6 +356,8 @@ def group_figures(path):
         raise StageFailed(str(e)) from None
     if group is None:
         raise StageFailed(f'no finished runs under {path}')
+    if group['pooling']:  # finished_seeds keeps this from happening; a figure must never rest on it
+        raise StageFailed(f'{path} pools what should not be pooled: {"; ".join(group["pooling"])}')
     return {'acc': group['acc'], 'p_gt_94': group['p_gt_94'], 'time_s': group['time'],
             'kept_last_epoch': group['kept_curve'][-1] if group['kept_curve'] else None}
 

@@ -6,7 +6,9 @@ and BLF's kept fraction per epoch (the forum thread's "selected samples" curve).
 
 Each argument is a group: a record folder, or a folder of record folders (all their runs pooled).
 A record that was interrupted, or stopped when training diverged, contributes the runs it finished
-(and only their epochs) and is named below the table.
+(and only their epochs) and is named below the table. So is a group that pools what should not be
+pooled: a seed in more than one record (counted twice), records of different settings, or records
+of different code (env.json's per-file hashes).
 """
 import argparse
 import json
@@ -58,6 +60,43 @@ def record_status(record):
         raise BadRecord(f'{path}: not valid JSON') from None
 
 
+def read_json(path, default=None):
+    """A record's JSON file, or `default` when it is missing or torn."""
+    try:
+        with open(path) as fh:
+            return json.load(fh)
+    except (FileNotFoundError, json.JSONDecodeError):
+        return default
+
+
+def differing(dicts):
+    """The keys whose values are not the same in all of these dicts (a key some lack counts)."""
+    keys = set().union(*dicts) if dicts else set()
+    return sorted(k for k in keys if len({json.dumps(d.get(k), sort_keys=True) for d in dicts}) > 1)
+
+
+def pooling_notes(records, runs):
+    """What a group pools that should not be pooled, in words: seeds in more than one record,
+    records of different settings (config.json's hyp and image counts), records of different code
+    (env.json's code)."""
+    notes = []
+    counts = {}
+    for run in runs:
+        counts[run['seed']] = counts.get(run['seed'], 0) + 1
+    twice = sorted(seed for seed, n in counts.items() if n > 1)
+    if twice:
+        notes.append(f'seed(s) {", ".join(map(str, twice))} finished in more than one run: each counted every time')
+    configs = [read_json(os.path.join(r, 'config.json'), {}) for r in records]
+    hyps = [{**c['hyp'], 'n_train': c.get('n_train'), 'n_test': c.get('n_test')} for c in configs if c.get('hyp')]
+    if differing(hyps):
+        notes.append(f'its records differ in settings ({", ".join(differing(hyps))})')
+    codes = [c for c in (read_json(os.path.join(r, 'env.json'), {}).get('code') for r in records) if c]
+    changed = [f for f in differing(codes) if all(f in c for c in codes)]  # a file only some imported is no difference
+    if changed:
+        notes.append(f'its records ran different code ({", ".join(changed)})')
+    return notes
+
+
 def summarize_group(path):
     records = records_in(path)
     incomplete = [(rec, status) for rec in records if (status := record_status(rec)) != 'complete']
@@ -77,7 +116,7 @@ def summarize_group(path):
         by_epoch.setdefault(row['epoch'], []).append(row.get('kept', 1.0))
     kept_curve = [sum(v) / len(v) for _, v in sorted(by_epoch.items())]
     return {'group': path, 'records': len(records), 'acc': acc, 'p_gt_94': p, 'time': sec, 'kept_curve': kept_curve,
-            'incomplete': incomplete}
+            'incomplete': incomplete, 'pooling': pooling_notes(records, runs)}
 
 
 def main(argv=None):
@@ -105,6 +144,8 @@ def main(argv=None):
     for r in rows:
         for record, status in r['incomplete']:
             print(f'\nnote: {record} is {status}: only its finished runs are counted')
+        for note in r['pooling']:
+            print(f'\nwarning: {r["group"]} pools what should not be pooled: {note}')
 
 
 if __name__ == '__main__':

@@ -220,6 +220,14 @@ def test_a_record_of_other_code_is_set_aside_and_one_of_unchanged_code_is_kept(t
     assert json.loads((tmp_path / 'core' / 'done.json').read_text())['figures']['group']['acc']['n'] == 5
 
 
+def test_a_figure_never_rests_on_a_group_that_pools_a_seed_twice(tmp_path):
+    for name in ('r1', 'r2'):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / 'runs.jsonl').write_text(json.dumps({'seed': 0, 'test_acc': 0.94, 'time_s': 10.0}) + '\n')
+    with pytest.raises(reproduce.StageFailed, match='seed.s. 0 finished in more than one run'):
+        reproduce.group_figures(str(tmp_path))
+
+
 def test_a_record_that_names_no_code_is_not_pooled(tmp_path):
     (tmp_path / 'env.json').write_text('{"torch": "2.11"}')
     assert reproduce.code_changed_since(str(tmp_path)) == ['its env.json names no code']

@@ -60,3 +60,34 @@ def test_the_epochs_of_a_cut_run_stay_out_of_the_kept_curve(tmp_path):
     res = run_script('summarize.py', tmp_path / 'g')
     assert res.returncode == 0, res.stderr
     assert res.stdout.splitlines()[2].endswith('| 0.50 0.50 0.50 |')
+
+
+def test_a_group_that_pools_what_should_not_be_pooled_says_so(tmp_path):
+    """The same seed twice, other settings, other code: pooled as asked, and each named below the table."""
+    def config(record, **hyp):
+        (record / 'config.json').write_text(json.dumps({'hyp': {'lr': 0.4, 'epochs': 24, **hyp}, 'n_train': 50000}))
+
+    def code(record, **files):
+        (record / 'env.json').write_text(json.dumps({'code': {'train.py': 'aaaa', 'networks.py': 'bbbb', **files}}))
+    fake_record(tmp_path / 'clean' / 'r1', [(0, 0.941, 10.0)], [1.0])
+    fake_record(tmp_path / 'clean' / 'r2', [(1, 0.942, 10.0)], [1.0])
+    config(tmp_path / 'clean' / 'r1')
+    config(tmp_path / 'clean' / 'r2')
+    code(tmp_path / 'clean' / 'r1')
+    code(tmp_path / 'clean' / 'r2', **{'kernels/selection.py': 'cccc'})  # imported by one only: no difference
+    res = run_script('summarize.py', tmp_path / 'clean')
+    assert res.returncode == 0 and 'warning' not in res.stdout, res.stdout
+
+    fake_record(tmp_path / 'mixed' / 'r1', [(0, 0.941, 10.0), (1, 0.942, 10.0)], [1.0])
+    fake_record(tmp_path / 'mixed' / 'r2', [(1, 0.943, 10.0)], [1.0])
+    config(tmp_path / 'mixed' / 'r1')
+    config(tmp_path / 'mixed' / 'r2', epochs=30)
+    code(tmp_path / 'mixed' / 'r1')
+    code(tmp_path / 'mixed' / 'r2', **{'networks.py': 'after-a-fix'})
+    res = run_script('summarize.py', tmp_path / 'mixed')
+    assert res.returncode == 0 and '| 3 |' in res.stdout
+    warnings = [line for line in res.stdout.splitlines() if line.startswith('warning:')]
+    prefix = f'warning: {tmp_path / "mixed"} pools what should not be pooled: '
+    assert warnings == [prefix + 'seed(s) 1 finished in more than one run: each counted every time',
+                        prefix + 'its records differ in settings (epochs)',
+                        prefix + 'its records ran different code (networks.py)']
