@@ -16,10 +16,14 @@ within it every seed already finished in OUT is not run again, so no work is los
 counted twice. Only runs of the same code are pooled: a record whose code (env.json's per-file
 hashes of what train.py imported) differs from the code now is set aside and its seeds run again,
 and a stage completed with other code runs again (keeping its records of unchanged code), so a
-fix made between two attempts never mixes with the runs it fixed. --budget-min M stops the whole run after M minutes (as SIGTERM from `timeout`
-does): the running command gets Ctrl-C and keeps its finished runs, OUT is packed, the exit code
-is 3, and the same command resumes it. Each stage also stops after --stage-timeout-min (default
-9). The --list estimates are for an H100 and are guesses until a GPU has measured them.
+fix made between two attempts never mixes with the runs it fixed.
+
+--budget-min M stops the whole run after M minutes (as SIGTERM from `timeout` does): the running
+command gets Ctrl-C and keeps its finished runs, OUT is packed, the exit code is 3, and the same
+command resumes it. A stage that would start over when cut (STARTS_OVER) is deferred to the next
+run when its estimate does not fit in the time left. Each stage also stops after
+--stage-timeout-min (default 9). The --list estimates are for an H100 and are guesses until a GPU
+has measured them.
 """
 import argparse
 import csv
@@ -621,6 +625,12 @@ STAGES = {
 }
 
 
+# Stages that start over when cut (one command each, nothing to resume from): under --budget-min
+# one is deferred to the next run, rather than started, when its estimate does not fit in the time
+# left; the stages after it still use that time. Never when the estimate exceeds a whole budget.
+STARTS_OVER = {'bench', 'profile'}
+
+
 # ----------------------------------------------------------------------------------------------
 # Driver
 
@@ -719,7 +729,7 @@ def main(argv=None):
 def run_stages(args, summary_path):
     """The stages asked for, in order; the exit code (0 done, 1 a stage failed, 3 stopped early)."""
     budget_end = None if args.budget_min is None else time.monotonic() + 60 * args.budget_min
-    failed, stopped = [], None
+    failed, stopped, deferred = [], None, []
     code = repo_code()
     for name in args.stage or list(STAGES):
         done_path = os.path.join(args.out, name, 'done.json')
@@ -733,6 +743,12 @@ def run_stages(args, summary_path):
         if budget_end is not None and time.monotonic() >= budget_end:
             stopped = f'--budget-min is spent before {name}'
             break
+        left = None if budget_end is None else (budget_end - time.monotonic()) / 60
+        if name in STARTS_OVER and left is not None and left < STAGES[name][2] <= args.budget_min:
+            print(f'== {name}: deferred to the next run: it starts over when cut, and its estimated '
+                  f'{STAGES[name][2]} min do not fit in the {left:.1f} min left', flush=True)
+            deferred.append(name)
+            continue
         print(f'== {name}: {STAGES[name][1]}' + (' (resumed)' if before else ''), flush=True)
         stage_start = time.monotonic()
         try:
@@ -762,8 +778,9 @@ def run_stages(args, summary_path):
     if failed:
         print(f'error: stage(s) failed: {" ".join(failed)} (see their log.txt)', file=sys.stderr)
         return 1
-    if stopped:
-        print(f'stopped: {stopped}; run the same command again to resume', file=sys.stderr)
+    if stopped or deferred:
+        why = stopped or f'{" ".join(deferred)} deferred for want of time'
+        print(f'stopped: {why}; run the same command again to resume', file=sys.stderr)
         return 3
     return 0
 

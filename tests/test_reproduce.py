@@ -302,6 +302,36 @@ def test_sigterm_stops_the_command_packs_and_exits_3(tmp_path, cifar_dir, monkey
     assert sorted(p.name for p in (tmp_path / 'job').iterdir()) == [reproduce.PACK]
 
 
+def test_a_stage_that_starts_over_is_deferred_when_it_does_not_fit_and_later_stages_use_the_time(
+        tmp_path, cifar_dir, monkeypatch, capsys):
+    import types
+    clock = types.SimpleNamespace(now=1000.0)
+    monkeypatch.setattr(reproduce, 'time', types.SimpleNamespace(monotonic=lambda: clock.now))
+    ran = []
+
+    def stage(name, minutes):
+        def run(ctx):
+            ran.append(name)
+            clock.now += 60 * minutes
+            return {}, name
+        return run
+    monkeypatch.setitem(reproduce.STAGES, 'core', (stage('core', 2), 'two minutes', 2, False))
+    monkeypatch.setitem(reproduce.STAGES, 'bench', (stage('bench', 1.5), 'starts over when cut', 1.5, False))
+    monkeypatch.setitem(reproduce.STAGES, 'blf', (stage('blf', 0.5), 'resumable', 5, False))
+    args = ['--device', 'cuda', '--data-dir', cifar_dir, '--out', str(tmp_path), '--budget-min', '3',
+            '--stage', 'core', 'bench', 'blf']
+    assert reproduce.main(args) == 3 and ran == ['core', 'blf']
+    captured = capsys.readouterr()
+    assert '== bench: deferred to the next run: it starts over when cut, and its estimated 1.5 min do not fit ' \
+           'in the 1.0 min left' in captured.out and 'bench deferred for want of time' in captured.err
+    assert reproduce.main(args) == 0 and ran == ['core', 'blf', 'bench']
+    monkeypatch.setitem(reproduce.STAGES, 'bench', (stage('bench', 1), 'longer than a whole budget', 4, False))
+    (tmp_path / 'bench' / 'done.json').unlink()
+    clock.now += 1
+    assert reproduce.main([*args[:-4], '--budget-min', '0.5', '--stage', 'bench']) == 0 and ran[-1] == 'bench', \
+        'a stage longer than a whole budget is never deferred (it would wait forever)'
+
+
 def test_a_spent_budget_starts_no_stage(tmp_path, cifar_dir, capsys):
     assert reproduce.main(['--smoke', '--device', 'cpu', '--data-dir', cifar_dir, '--out', str(tmp_path),
                            '--budget-min', '0']) == 3
