@@ -5,9 +5,9 @@ table train.py prints, and how the runs of several torchrun ranks become one rec
 """
 
 
-import ast
 import glob
 import hashlib
+import io
 import json
 import os
 import platform
@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import sys
 import time
+import tokenize
 
 import torch
 
@@ -122,16 +123,23 @@ def save_source_state(path, root=HERE):
 
 
 def code_hash(path):
-    """A short hash of a Python file's code: of its syntax tree, so that comments and layout do not
-    count as other code (docstrings do); of its bytes where it does not parse. None if it is missing."""
+    """A short hash of a Python file's code: its text less comments, blank lines and trailing
+    spaces, so that editing a comment is not other code (a docstring is). Comments are found by
+    Python's tokenizer, the same on every version (a syntax tree's dump is not). Of its bytes where
+    it does not tokenize; None if it is missing."""
     try:
         with open(path, 'rb') as fh:
             text = fh.read()
     except FileNotFoundError:
         return None
     try:
-        text = ast.dump(ast.parse(text)).encode()
-    except (SyntaxError, ValueError):
+        comments = [t for t in tokenize.tokenize(io.BytesIO(text).readline) if t.type == tokenize.COMMENT]
+        lines = text.decode('utf-8').splitlines()
+        for t in comments:  # a comment runs to the end of its line
+            row, col = t.start
+            lines[row - 1] = lines[row - 1][:col]
+        text = '\n'.join(line.rstrip() for line in lines if line.strip()).encode()
+    except (tokenize.TokenError, SyntaxError, UnicodeDecodeError):
         pass
     return hashlib.sha256(text).hexdigest()[:16]
 

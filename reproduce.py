@@ -289,7 +289,7 @@ def set_aside(out, record, why, log):
 def code_changed_since(record_path):
     """The files of the code a record ran (env.json's `code`) that are not the same code now:
     a fix made between two attempts must not pool runs of the old code with runs of the new.
-    Edits of comments or layout do not count (record.code_hash)."""
+    Edits of comments or blank lines do not count (record.code_hash)."""
     import record
     try:
         with open(os.path.join(record_path, 'env.json')) as fh:
@@ -383,9 +383,9 @@ def stage_tests(ctx):
     passed in an earlier attempt with the same code (its PASSED line is in the stage's log, under
     the same `# code` line) is not run again, so a stage cut short by the budget goes on with the
     tests it had not reached; after a fix, every test runs again."""
-    code = code_digest(repo_code())
-    passed_before = passed_tests(ctx.log_path, code)
-    ctx.log(f'# code {code}')
+    digest = code_digest(repo_code())
+    passed_before = passed_tests(ctx.log_path, digest)
+    ctx.log(f'# code {digest}')
     deselect = [arg for node in sorted(passed_before) for arg in ('--deselect', node)]
     code, out = ctx.run([sys.executable, '-m', 'pytest', '-m', 'gpu', '-v', '-rs', '-p', 'no:cacheprovider', *deselect],
                         env={'CIFAR10_DIR': os.path.abspath(ctx.args.data_dir)}, check=False)
@@ -400,7 +400,7 @@ def stage_tests(ctx):
     return counts, 'gpu tests: ' + ', '.join(f'{n} {k}' for k, n in counts.items())
 
 
-def passed_tests(log_path, code):
+def passed_tests(log_path, digest):
     """The node ids that pytest -v reported PASSED in a log ('tests/test_x.py::test_y[p] PASSED [ 10%]')
     in the attempts made with this code (the lines after a '# code <digest>' line of this digest)."""
     if not os.path.isfile(log_path):
@@ -410,7 +410,7 @@ def passed_tests(log_path, code):
         for line in fh:
             if line.startswith('# code '):
                 current = line.split()[2]
-            elif current == code and (m := re.match(r'(tests/\S+::\S+) PASSED', line)):
+            elif current == digest and (m := re.match(r'(tests/\S+::\S+) PASSED', line)):
                 passed.add(m.group(1))
     return passed
 

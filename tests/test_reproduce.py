@@ -235,17 +235,59 @@ def test_a_record_that_names_no_code_is_not_pooled(tmp_path):
     assert reproduce.code_changed_since(str(tmp_path)) == ['its env.json names no code']
 
 
-def test_code_hashes_ignore_comments_and_layout_but_not_code(tmp_path):
+def test_code_hashes_ignore_comments_blank_lines_and_trailing_spaces_but_not_code(tmp_path):
     (tmp_path / 'a.py').write_text('def f(x):\n    return x + 1\n')
     first = code_hash(tmp_path / 'a.py')
-    (tmp_path / 'a.py').write_text('# why\ndef f(x):  # the step\n\n    return (x +\n            1)\n')
+    (tmp_path / 'a.py').write_text('# why\ndef f(x):  # the step\n\n    return x + 1   \n# end\n')
     assert code_hash(tmp_path / 'a.py') == first
     (tmp_path / 'a.py').write_text('def f(x):\n    return x + 2\n')
     assert code_hash(tmp_path / 'a.py') != first
-    (tmp_path / 'a.py').write_text('def f(x:\n')  # does not parse: its bytes count
+    (tmp_path / 'a.py').write_text('def f(x):\n    return "x + 1  # not a comment"\n')
+    with_hash_in_string = code_hash(tmp_path / 'a.py')
+    (tmp_path / 'a.py').write_text('def f(x):\n    return "x + 1"\n')
+    assert code_hash(tmp_path / 'a.py') != with_hash_in_string, 'a # inside a string is code'
+    (tmp_path / 'a.py').write_text('def f(x:\n')  # does not tokenize: its bytes count
     assert code_hash(tmp_path / 'a.py') not in (None, first)
     assert code_hashes(['a.py', 'gone.py'], root=tmp_path)['gone.py'] is None
     assert reproduce.code_differences({'a': '1', 'b': '2'}, {'a': '1', 'b': '3', 'c': '4'}) == ['b', 'c']
+
+
+def other_pythons():
+    """Python interpreters of another version than this one that actually run (a pyenv shim of a
+    version that is not selected does not)."""
+    import glob
+    import shutil
+    import subprocess
+    found = {}
+    for path in [*(shutil.which(f'python3.{m}') for m in range(8, 15)),
+                 *glob.glob(os.path.expanduser('~/.pyenv/versions/3.*/bin/python3'))]:
+        try:
+            res = subprocess.run([path, '-c', 'import sys; print(sys.version_info[1])'], capture_output=True,
+                                 text=True, timeout=30) if path else None
+        except OSError:
+            continue
+        if res and res.returncode == 0 and int(res.stdout) not in (sys.version_info[1], *found) \
+                and int(res.stdout) >= 8:
+            found[int(res.stdout)] = path
+    return list(found.values())
+
+
+def test_code_hashes_are_the_same_on_every_python_version():
+    """The GPU machines run Python 3.12, this one 3.11: a record's code must hash alike on both
+    (a dump of the syntax tree does not: 3.12 adds fields to it)."""
+    import inspect
+    import subprocess
+    import record
+    pythons = other_pythons()
+    if not pythons:
+        pytest.skip('no Python of another version runs on this machine')
+    files = sorted(str(p.relative_to(REPO)) for p in [*REPO.glob('*.py'), *REPO.glob('kernels/*.py')])
+    program = ('import hashlib, io, json, sys, tokenize\n' + inspect.getsource(record.code_hash) +
+               'print(json.dumps({f: code_hash(f) for f in sys.argv[1:]}))')
+    for python in pythons:
+        res = subprocess.run([python, '-c', program, *files], cwd=REPO, capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+        assert json.loads(res.stdout) == code_hashes(files), python
 
 
 def test_loaded_code_is_the_repos_imported_modules_without_tests_or_hidden_folders(monkeypatch):
