@@ -298,7 +298,7 @@ def code_changed_since(record_path):
         then = None
     if not then:
         return ['its env.json names no code']
-    return [rel for rel, digest in then.items() if record.code_hash(os.path.join(HERE, rel)) != digest]
+    return code_differences(then, record.code_hashes(then))
 
 
 def repo_code():
@@ -734,11 +734,12 @@ def run_stages(args, summary_path):
     for name in args.stage or list(STAGES):
         done_path = os.path.join(args.out, name, 'done.json')
         before = json.load(open(done_path)) if os.path.isfile(done_path) else {}
-        changed = code_differences(before.get('code', {}), code)
-        if before.get('status') == 'ok' and not changed:
-            print(f'== {name}: already complete in {args.out}, skipped')
-            continue
-        if before.get('status') == 'ok':  # its training records of unchanged code are kept: only what changed runs
+        if before.get('status') == 'ok':
+            changed = code_differences(before.get('code', {}), code)
+            if not changed:
+                print(f'== {name}: already complete in {args.out}, skipped')
+                continue
+            # its training records of unchanged code are kept: only what changed runs
             print(f'== {name}: complete in {args.out}, but the code changed since ({few(changed)}): running it again')
         if budget_end is not None and time.monotonic() >= budget_end:
             stopped = f'--budget-min is spent before {name}'

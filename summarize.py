@@ -11,6 +11,7 @@ pooled: a seed in more than one record (counted twice), records of different set
 of different code (env.json's per-file hashes).
 """
 import argparse
+import collections
 import json
 import os
 import sys
@@ -80,10 +81,7 @@ def pooling_notes(records, runs):
     records of different settings (config.json's hyp and image counts), records of different code
     (env.json's code)."""
     notes = []
-    counts = {}
-    for run in runs:
-        counts[run['seed']] = counts.get(run['seed'], 0) + 1
-    twice = sorted(seed for seed, n in counts.items() if n > 1)
+    twice = sorted(seed for seed, n in collections.Counter(run['seed'] for run in runs).items() if n > 1)
     if twice:
         notes.append(f'seed(s) {", ".join(map(str, twice))} finished in more than one run: each counted every time')
     configs = [read_json(os.path.join(r, 'config.json'), {}) for r in records]
