@@ -378,8 +378,23 @@ def describe(name, fig):
 # ----------------------------------------------------------------------------------------------
 # Stages
 
+# The GPU tests by stage (pytest -m): those of --compile each compile a recipe's graphs, which takes
+# minutes, so they wait in their own stage until the stages that need no compiler have run.
+GPU_TESTS = {'tests': 'gpu and not compile', 'tests-compile': 'gpu and compile'}
+
+
 def stage_tests(ctx):
-    """pytest -m gpu with the data set found: no GPU test may skip for lack of data. A test that
+    """The GPU tests but those of --compile: kernels natively, no host sync in whole epochs."""
+    return gpu_tests(ctx, GPU_TESTS['tests'])
+
+
+def stage_tests_compile(ctx):
+    """The GPU tests of --compile, just before `fast`, the one stage that compiles."""
+    return gpu_tests(ctx, GPU_TESTS['tests-compile'])
+
+
+def gpu_tests(ctx, marker):
+    """pytest -m MARKER with the data set found: no GPU test may skip for lack of data. A test that
     passed in an earlier attempt with the same code (its PASSED line is in the stage's log, under
     the same `# code` line) is not run again, so a stage cut short by the budget goes on with the
     tests it had not reached; after a fix, every test runs again."""
@@ -387,14 +402,14 @@ def stage_tests(ctx):
     passed_before = passed_tests(ctx.log_path, digest)
     ctx.log(f'# code {digest}')
     deselect = [arg for node in sorted(passed_before) for arg in ('--deselect', node)]
-    code, out = ctx.run([sys.executable, '-m', 'pytest', '-m', 'gpu', '-v', '-rs', '-p', 'no:cacheprovider', *deselect],
+    code, out = ctx.run([sys.executable, '-m', 'pytest', '-m', marker, '-v', '-rs', '-p', 'no:cacheprovider', *deselect],
                         env={'CIFAR10_DIR': os.path.abspath(ctx.args.data_dir)}, check=False)
     counts = pytest_counts(out)
     missing_data = [line for line in out.splitlines() if line.startswith('SKIPPED') and 'CIFAR-10 not found' in line]
     if missing_data:
         raise StageFailed(f'{len(missing_data)} GPU test(s) skipped for lack of data')
     if code not in (0, 5) or counts.get('failed') or counts.get('error'):
-        raise StageFailed(f'pytest -m gpu: {counts or "exit " + str(code)}')
+        raise StageFailed(f'pytest -m {marker!r}: {counts or "exit " + str(code)}')
     if passed_before:
         counts['passed_in_earlier_attempts'] = len(passed_before)
     return counts, 'gpu tests: ' + ', '.join(f'{n} {k}' for k, n in counts.items())
@@ -607,8 +622,10 @@ def stage_post8(ctx):
 # are reckoned from FLOPs: ResNet-9 trains on 2.27 GFLOP per image (networks.flops_per_image), so
 # at an assumed 100 TFLOP/s (a tenth of the H100's dense fp16 peak, usual for small convolutions)
 # a 24-epoch run takes about 27 s, and every train.py invocation adds about 15 s (data, warm-up).
+# The tests: a warm-up of a few seconds each; compiling: about half a minute per graph, a few per recipe.
 STAGES = {
-    'tests': (stage_tests, 'the GPU-only tests pass on real data: kernels natively, no host sync in whole epochs', 5, False),
+    'tests': (stage_tests, 'the GPU-only tests pass on real data: kernels natively, no host sync in whole epochs '
+                           '(those of --compile: tests-compile)', 2, False),
     'core': (stage_core, 'the default recipe\'s accuracy and time (n=5); fp16 with the loss scale vs amp and vs '
                          'the old unscaled step', 6, False),
     'bench': (stage_bench, 'BLF\'s kernels: Triton vs torch, and their cost as a share of a training step', 1, False),
@@ -617,6 +634,8 @@ STAGES = {
     'profile': (stage_profile, 'where the time of a step goes, and the distance from the hardware floor', 3, False),
     'recipes': (stage_recipes, 'the leaderboard recipes on this repo\'s data path (airbench94, airbench94-muon, '
                                'myrtle-tricks): accuracy and time (n=5), to set beside the published figures', 4, False),
+    'tests-compile': (stage_tests_compile, 'a compiled epoch of two recipes with BLF has no host sync and compiles '
+                                           'nothing inside the clock (before fast, which uses --compile)', 4, False),
     'fast': (stage_fast, 'our fast candidate (n=25) and airbench94-muon compiled (n=5)', 4, False),
     'airbench': (stage_airbench, 'the published airbench scripts (--airbench PATH) on this GPU and data, back to back '
                                  'with our recipe of the same name', 8, False),
@@ -629,6 +648,10 @@ STAGES = {
 # one is deferred to the next run, rather than started, when its estimate does not fit in the time
 # left; the stages after it still use that time. Never when the estimate exceeds a whole budget.
 STARTS_OVER = {'bench', 'profile'}
+
+# Stages that read no CIFAR-10 (bench times the kernels and a step on random tensors): they can run
+# before the data set is on the machine, e.g. in the call that brings the first half of it.
+NEEDS_NO_DATA = {'bench'}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -703,7 +726,7 @@ def main(argv=None):
     if args.device == 'cpu' and not args.smoke:
         print('error: without a GPU only --smoke makes sense (the stages measure GPU time)', file=sys.stderr)
         return 2
-    if not os.path.isdir(os.path.join(args.data_dir, 'cifar-10-batches-py')):
+    if set(args.stage or STAGES) - NEEDS_NO_DATA and not os.path.isdir(os.path.join(args.data_dir, 'cifar-10-batches-py')):
         print(f'error: no cifar-10-batches-py/ in {args.data_dir}: give --data-dir (train.py --data-dir '
               f'{args.data_dir} downloads it when online)', file=sys.stderr)
         return 2

@@ -3,6 +3,7 @@ import json
 import os
 import shlex
 import signal
+import subprocess
 import sys
 import tarfile
 import threading
@@ -11,7 +12,7 @@ import time
 import pytest
 
 import reproduce
-from conftest import REPO, run_script
+from conftest import REPO, SHARED, run_script
 from record import code_hash, code_hashes, loaded_code
 
 
@@ -35,7 +36,7 @@ def test_list_names_every_stage_with_its_minutes_and_what_each_took_in_out(tmp_p
     assert res.returncode == 0
     lines = res.stdout.splitlines()[1:]
     assert [line.split()[0] for line in lines] == list(reproduce.STAGES) == \
-        ['tests', 'core', 'bench', 'blf', 'profile', 'recipes', 'fast', 'airbench', 'ladder', 'post8']
+        ['tests', 'core', 'bench', 'blf', 'profile', 'recipes', 'tests-compile', 'fast', 'airbench', 'ladder', 'post8']
     assert all('(est.)' in line for line in lines), 'no stage has been timed on a GPU yet'
     took = {line.split()[0]: line.split('[took ')[1] for line in lines if '[took ' in line}
     assert took == {'core': f'7.2 min in {tmp_path}]'}, 'only a completed stage, all its attempts counted'
@@ -257,7 +258,6 @@ def other_pythons():
     version that is not selected does not)."""
     import glob
     import shutil
-    import subprocess
     found = {}
     for path in [*(shutil.which(f'python3.{m}') for m in range(8, 15)),
                  *glob.glob(os.path.expanduser('~/.pyenv/versions/3.*/bin/python3'))]:
@@ -276,7 +276,6 @@ def test_code_hashes_are_the_same_on_every_python_version():
     """The GPU machines run Python 3.12, this one 3.11: a record's code must hash alike on both
     (a dump of the syntax tree does not: 3.12 adds fields to it)."""
     import inspect
-    import subprocess
     import record
     pythons = other_pythons()
     if not pythons:
@@ -391,6 +390,47 @@ def test_user_errors_are_one_line(args, message, tmp_path):
     assert res.returncode == 2 and res.stderr.strip().count('\n') == 0 and message in res.stderr
 
 
+def test_bench_runs_before_the_data_set_is_on_the_machine_and_the_other_stages_do_not(tmp_path, monkeypatch, capsys):
+    """On the lent GPU the data set comes in two calls; bench reads none of it, so the first call runs it."""
+    ran = []
+    monkeypatch.setitem(reproduce.STAGES, 'bench', (lambda ctx: ran.append(ctx.dir) or ({}, 'benched'), 'no data', 1, False))
+    args = ['--smoke', '--device', 'cpu', '--data-dir', str(tmp_path / 'not-yet'), '--out', str(tmp_path / 'out')]
+    assert reproduce.main([*args, '--stage', 'bench']) == 0 and ran == [str(tmp_path / 'out' / 'bench')]
+    for stages in (['bench', 'core'], ['tests']):
+        assert reproduce.main([*args, '--stage', *stages]) == 2
+        assert 'no cifar-10-batches-py/ in' in capsys.readouterr().err
+    assert len(ran) == 1 and reproduce.NEEDS_NO_DATA == {'bench'}
+
+
+def test_the_two_tests_stages_run_every_gpu_test_once_and_only_the_compiling_ones_wait():
+    """pytest's own selection by marker: `tests` and `tests-compile` together run each GPU test
+    exactly once, and tests-compile holds the torch.compile tests (minutes each) and nothing else."""
+    files = sorted(str(p.relative_to(REPO)) for p in (REPO / 'tests').glob('test_*.py') if 'mark.gpu' in p.read_text())
+    markers = ['gpu', reproduce.GPU_TESTS['tests'], reproduce.GPU_TESTS['tests-compile']]
+    script = ('import sys, pytest\n'  # one process for the three collections: torch is imported once
+              'for m in sys.argv[1:4]:\n'
+              '    print("== " + m, flush=True)\n'
+              '    assert pytest.main(["--collect-only", "-q", "-p", "no:cacheprovider", "-m", m, *sys.argv[4:]]) == 0\n')
+    res = subprocess.run([sys.executable, '-c', script, *markers, *files], cwd=REPO, capture_output=True, text=True,
+                         timeout=300)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    every, plain, compiling = ({line for line in part.splitlines() if '::' in line} for part in res.stdout.split('== ')[1:])
+    assert len(every) >= 13 and plain | compiling == every and not plain & compiling
+    assert compiling and all(node.startswith('tests/test_torch_compile.py::test_gpu_') for node in compiling)
+    assert any(node.startswith('tests/test_kernels.py::') for node in plain)
+
+
+def test_the_tracked_tree_and_the_first_half_of_the_data_fit_in_one_device_call():
+    """results/README.md's GPU plan: call 1 carries the working tree and train-0 + test (62 MB), and a
+    call carries at most 64 MiB. Committed results travel with the tree, so they must stay small."""
+    if not (SHARED / 'train-0.npz').is_file() or not (REPO / '.git').exists():
+        pytest.skip('needs a git checkout with ../shared/cifar10 beside it')
+    tracked = subprocess.run(['git', 'ls-files', '-z'], cwd=REPO, capture_output=True, text=True, check=True).stdout
+    tree = sum(os.path.getsize(REPO / f) for f in tracked.split('\0') if f and (REPO / f).is_file())
+    call_1 = sum((SHARED / f).stat().st_size for f in ('train-0.npz', 'test.npz', 'manifest.json', 'unpack.py'))
+    assert tree + call_1 <= 63 * 2 ** 20, f'tree {tree / 2**20:.1f} MiB + data {call_1 / 2**20:.1f} MiB: over one call'
+
+
 def test_the_airbench_stage_runs_the_script_on_our_data_then_our_recipe_and_keeps_none_of_its_code(smoke):
     """The stand-in script read the cache written from our data (its asserts), its three eval rows
     were parsed, our recipe of the same name ran beside it, and its cache and logs (its code) are gone."""
@@ -476,7 +516,6 @@ def test_sigterm_to_the_process_group_mid_stage_then_a_rerun_finishes_it_without
     """End to end, as `timeout` stops a job (SIGTERM to the whole process group): the real train.py
     closes its record with seed 0, reproduce.py packs and exits 3; the same command then runs seed 1
     only, and the stage counts each seed once."""
-    import subprocess
     out = tmp_path / 'out'
     cmd = [sys.executable, str(REPO / 'reproduce.py'), '--smoke', '--device', 'cpu', '--data-dir', cifar_dir,
            '--out', str(out), '--stage', 'core']

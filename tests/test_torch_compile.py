@@ -30,6 +30,7 @@ def test_a_compiled_run_matches_eager_and_compiles_nothing_inside_the_clock(cifa
 
 
 @pytest.mark.gpu
+@pytest.mark.compile
 @pytest.mark.parametrize('recipe', ['myrtle-tricks', 'airbench94-muon'])
 def test_gpu_compiled_recipe_epoch_with_blf_has_no_sync_and_no_compile_in_the_clock(cifar, recipe):
     """On CUDA, after warm-up: a compiled epoch of each new recipe with BLF compact (Triton kernels)
