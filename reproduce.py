@@ -440,11 +440,18 @@ def pytest_counts(out):
 
 def train_groups(ctx, groups):
     """{name: (flags, runs)}: one train.py invocation per group under the stage's folder; their figures."""
-    figures = {}
     for name, (flags, runs) in groups.items():
-        out = os.path.join(ctx.dir, name)
-        ctx.train(out, flags, runs=runs)
-        figures[name] = group_figures(out)
+        ctx.train(os.path.join(ctx.dir, name), flags, runs=runs)
+    return groups_figures(ctx, groups)
+
+
+def groups_figures(ctx, names):
+    """The figures of the stage's groups, and summarize.py's table of them in OUT/<stage>/summary.md
+    (accuracy with its t-test, time spread, kept fraction by epoch: the stage's README cites it)."""
+    _, table = ctx.run([sys.executable, os.path.join(HERE, 'summarize.py'), *names], cwd=ctx.dir)  # rows named by group
+    with open(os.path.join(ctx.dir, 'summary.md'), 'w') as fh:
+        fh.write(table)
+    figures = {name: group_figures(os.path.join(ctx.dir, name)) for name in names}
     return figures, '; '.join(describe(name, fig) for name, fig in figures.items())
 
 
@@ -478,12 +485,7 @@ def stage_blf(ctx):
     for seed in seeds:
         for name, flags in BLF_CONFIGS.items():
             ctx.train(os.path.join(ctx.dir, name), ['--epochs', '30', *flags], seed=seed)
-    groups = [os.path.join(ctx.dir, name) for name in BLF_CONFIGS]
-    _, table = ctx.run([sys.executable, 'summarize.py', *groups])
-    with open(os.path.join(ctx.dir, 'summary.md'), 'w') as fh:
-        fh.write(table)
-    figures = {name: group_figures(os.path.join(ctx.dir, name)) for name in BLF_CONFIGS}
-    return figures, '; '.join(describe(name, fig) for name, fig in figures.items())
+    return groups_figures(ctx, BLF_CONFIGS)
 
 
 def stage_profile(ctx):

@@ -56,7 +56,10 @@ def test_smoke_runs_every_stage_and_writes_its_figures(smoke):
     blf = json.loads((out / 'blf' / 'done.json').read_text())['figures']
     assert set(blf) == set(reproduce.BLF_CONFIGS) and all(fig['acc']['n'] == 2 for fig in blf.values())
     assert blf['blf-mask']['kept_last_epoch'] < 1 and blf['baseline']['kept_last_epoch'] == 1.0
-    assert '| group | runs |' in (out / 'blf' / 'summary.md').read_text()
+    for stage in ('core', 'blf', 'recipes', 'fast', 'ladder', 'post8'):  # summarize.py's table of every training stage
+        table = (out / stage / 'summary.md').read_text()
+        groups = json.loads((out / stage / 'done.json').read_text())['figures']
+        assert table.startswith('| group | runs |') and all(f'| {name} | 2 |' in table for name in groups), stage
     bench = json.loads((out / 'bench' / 'done.json').read_text())['figures']['rows']
     assert [int(r['batch']) for r in bench] == [16, 33]
     recipes = json.loads((out / 'recipes' / 'done.json').read_text())['figures']
