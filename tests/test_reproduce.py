@@ -434,6 +434,32 @@ def test_the_tracked_tree_and_the_first_half_of_the_data_fit_in_one_device_call(
     assert tree + call_1 <= 63 * 2 ** 20, f'tree {tree / 2**20:.1f} MiB + data {call_1 / 2**20:.1f} MiB: over one call'
 
 
+def documented_call(number):
+    """results/README.md's GPU plan: the bash block under '**Call N**', and its reproduce.py options."""
+    text = (REPO / 'results' / 'README.md').read_text()
+    block = text.split(f'**Call {number}**', 1)[1].split('```bash\n', 1)[1].split('```', 1)[0]
+    line = next(line for line in block.splitlines() if 'reproduce.py' in line)
+    words = shlex.split(line.split('2>&1')[0])
+    timeout = int(words[words.index('timeout') + 1])
+    return block, timeout, reproduce.parse_args(words[words.index('reproduce.py') + 1:])
+
+
+def test_the_documented_gpu_calls_fit_the_device_tool_and_stop_before_it_does():
+    """The two calls of the GPU plan: each under the tool's 2,000 characters; call 1, which has only
+    half the data set, runs only stages that read none; each stops itself (--budget-min) and is
+    stopped by `timeout` before the tool's 600 s; both pack into $OUT and resume the same OUT."""
+    first, second = documented_call(1), documented_call(2)
+    for block, timeout, args in (first, second):
+        assert len('; '.join(block.strip().splitlines())) <= 2000
+        assert args.copy_pack_to == '$OUT' and args.out == first[2].out
+        assert 60 * args.budget_min + reproduce.STOP_GRACE_S + 30 <= timeout <= 570
+    assert first[2].stage and set(first[2].stage) <= reproduce.NEEDS_NO_DATA
+    assert second[2].stage is None, 'call 2 runs every stage in order until its budget ends'
+    assert f'unpack.py {second[2].data_dir}' in second[0]
+    assert f'cp -r results/nvidia-h200/reproduce {os.path.dirname(first[2].out)}' in first[0], \
+        'call 1 resumes from the committed pack'
+
+
 def test_the_airbench_stage_runs_the_script_on_our_data_then_our_recipe_and_keeps_none_of_its_code(smoke):
     """The stand-in script read the cache written from our data (its asserts), its three eval rows
     were parsed, our recipe of the same name ran beside it, and its cache and logs (its code) are gone."""
