@@ -442,10 +442,10 @@ def train_groups(ctx, groups):
     """{name: (flags, runs)}: one train.py invocation per group under the stage's folder; their figures."""
     for name, (flags, runs) in groups.items():
         ctx.train(os.path.join(ctx.dir, name), flags, runs=runs)
-    return groups_figures(ctx, groups)
+    return stage_figures(ctx, groups)
 
 
-def groups_figures(ctx, names):
+def stage_figures(ctx, names):
     """The figures of the stage's groups, and summarize.py's table of them in OUT/<stage>/summary.md
     (accuracy with its t-test, time spread, kept fraction by epoch: the stage's README cites it)."""
     _, table = ctx.run([sys.executable, os.path.join(HERE, 'summarize.py'), *names], cwd=ctx.dir)  # rows named by group
@@ -485,7 +485,7 @@ def stage_blf(ctx):
     for seed in seeds:
         for name, flags in BLF_CONFIGS.items():
             ctx.train(os.path.join(ctx.dir, name), ['--epochs', '30', *flags], seed=seed)
-    return groups_figures(ctx, BLF_CONFIGS)
+    return stage_figures(ctx, BLF_CONFIGS)
 
 
 def stage_profile(ctx):
