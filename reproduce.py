@@ -187,21 +187,35 @@ class Context:
         return min(t for t in (self.deadline, self.budget_end) if t is not None) - time.monotonic()
 
     def train(self, out, flags, runs=None, seed=None):
-        """train.py with the stage's flags, for seeds seed..seed+runs-1; --smoke appends the toy
-        sizes last, so they win. Seeds already finished in `out` (a run cut short by the budget)
-        are not run again. With several GPUs and several runs, torchrun spreads the seeds over them."""
-        first = seed or 0
-        wanted = range(first, first + (min(runs or 1, 2) if self.smoke else runs or 1))
-        finished = finished_seeds(out, self.train_command(out, flags), self.log)
-        missing = [s for s in wanted if s not in finished]
-        if len(missing) < len(wanted):
-            self.log(f'# resumed: seed(s) {", ".join(str(s) for s in wanted if s in finished)} already finished in {out}')
+        """train.py with the stage's flags, for seeds seed..seed+runs-1 (see train_all)."""
+        self.train_all([(out, flags, runs, seed)])
+
+    def train_all(self, groups):
+        """[(out, flags, runs, first seed)]: train.py for each group's seeds, in this order, in one
+        process (train_many.py: the start-up, cuDNN's autotuning included, is paid once); --smoke
+        appends the toy sizes last, so they win. Seeds already finished in `out` (a run cut short
+        by the budget) are not run again. With several GPUs, torchrun spreads each group's seeds
+        over them, one group at a time."""
+        blocks = []  # (out, flags, first seed, count), in the order given
+        for out, flags, runs, seed in groups:
+            first = seed or 0
+            wanted = range(first, first + (min(runs or 1, 2) if self.smoke else runs or 1))
+            finished = finished_seeds(out, self.train_command(out, flags), self.log)
+            missing = [s for s in wanted if s not in finished]
+            if len(missing) < len(wanted):
+                self.log(f'# resumed: seed(s) {", ".join(str(s) for s in wanted if s in finished)} already finished in {out}')
+            blocks += [(out, flags, start, count) for start, count in contiguous_blocks(missing)]
+        invocations = [[*self.train_command(out, flags), '--runs', str(count), '--seed', str(start)]
+                       for out, flags, start, count in blocks]
         gpus = gpu_count() if self.device == 'cuda' and not self.smoke else 1
-        for start, count in contiguous_blocks(missing):
-            launcher = [sys.executable]
-            if gpus > 1 and count > 1:
-                launcher += ['-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(min(gpus, count))]
-            self.run([*launcher, *self.train_command(out, flags), '--runs', str(count), '--seed', str(start)])
+        if gpus > 1:
+            for argv, (_, _, _, count) in zip(invocations, blocks):
+                launcher = ['-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(min(gpus, count))]
+                self.run([sys.executable, *(launcher if count > 1 else []), *argv])
+        elif len(invocations) == 1:
+            self.run([sys.executable, *invocations[0]])
+        elif invocations:
+            self.run([sys.executable, 'train_many.py', *(shlex.join(argv[1:]) for argv in invocations)])
 
     def train_command(self, out, flags):
         """train.py and its flags, without the seeds: what every record in `out` must have been made by."""
@@ -439,9 +453,9 @@ def pytest_counts(out):
 
 
 def train_groups(ctx, groups):
-    """{name: (flags, runs)}: one train.py invocation per group under the stage's folder; their figures."""
-    for name, (flags, runs) in groups.items():
-        ctx.train(os.path.join(ctx.dir, name), flags, runs=runs)
+    """{name: (flags, runs)}: one train.py invocation per group under the stage's folder, all in one
+    process; their figures."""
+    ctx.train_all([(os.path.join(ctx.dir, name), flags, runs, 0) for name, (flags, runs) in groups.items()])
     return stage_figures(ctx, groups)
 
 
@@ -480,11 +494,11 @@ def stage_bench(ctx):
 
 def stage_blf(ctx):
     """30 epochs: baseline, BLF compact, BLF mask and the random-subset control, n = 3 each, seeds
-    interleaved (seed-major) so that drift of the machine hits every configuration alike."""
+    interleaved (seed-major) so that drift of the machine hits every configuration alike; the 12
+    invocations run in one process (train_many.py)."""
     seeds = range(2 if ctx.smoke else 3)
-    for seed in seeds:
-        for name, flags in BLF_CONFIGS.items():
-            ctx.train(os.path.join(ctx.dir, name), ['--epochs', '30', *flags], seed=seed)
+    ctx.train_all([(os.path.join(ctx.dir, name), ['--epochs', '30', *flags], 1, seed)
+                   for seed in seeds for name, flags in BLF_CONFIGS.items()])
     return stage_figures(ctx, BLF_CONFIGS)
 
 
@@ -623,7 +637,9 @@ def stage_post8(ctx):
 # name: (function, what it proves, estimated H100 minutes, measured?). Until measured, the minutes
 # are reckoned from FLOPs: ResNet-9 trains on 2.27 GFLOP per image (networks.flops_per_image), so
 # at an assumed 100 TFLOP/s (a tenth of the H100's dense fp16 peak, usual for small convolutions)
-# a 24-epoch run takes about 27 s, and every train.py invocation adds about 15 s (data, warm-up).
+# a 24-epoch run takes about 27 s; a stage's process adds about 15 s (imports, CUDA, cuDNN's autotuning)
+# and each train.py invocation in it a few more (data, warm-up). blf: 12 runs of 30 epochs, the compact
+# and random ones about 3/4 of a full run's time at 60% kept, so 6 min of runs and 1 of start-ups.
 # The tests: a warm-up of a few seconds each; compiling: about half a minute per graph, a few per recipe.
 STAGES = {
     'tests': (stage_tests, 'the GPU-only tests pass on real data: kernels natively, no host sync in whole epochs '
@@ -632,7 +648,7 @@ STAGES = {
                          'the old unscaled step', 6, False),
     'bench': (stage_bench, 'BLF\'s kernels: Triton vs torch, and their cost as a share of a training step', 1, False),
     'blf': (stage_blf, 'whether BatchLossFilter saves time at equal accuracy, against a random subset of the '
-                       'same size (n=3 each, 30 epochs)', 10, False),
+                       'same size (n=3 each, 30 epochs)', 7, False),
     'profile': (stage_profile, 'where the time of a step goes, and the distance from the hardware floor', 3, False),
     'recipes': (stage_recipes, 'the leaderboard recipes on this repo\'s data path (airbench94, airbench94-muon, '
                                'myrtle-tricks): accuracy and time (n=5), to set beside the published figures', 4, False),

@@ -2,6 +2,7 @@
 import json
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -123,27 +124,32 @@ def test_seeds_go_to_train_py_in_contiguous_blocks_and_commands_compare_without_
 
 
 def fake_train_py(calls, cut_after=None):
-    """Context.run as if it ran train.py: a record with its command, config and one runs.jsonl row
-    per seed; with cut_after=k the first call finishes k runs and is then stopped by the budget."""
+    """Context.run as if it ran train.py (or train_many.py's invocations, one after another): a
+    record with its command, config and one runs.jsonl row per seed; with cut_after=k the first
+    invocation finishes k runs and is then stopped by the budget."""
     def run(self, cmd, **kwargs):
-        argv = cmd[cmd.index('train.py'):]
-        value = lambda flag: argv[argv.index(flag) + 1]
-        seed, runs, out = int(value('--seed')), int(value('--runs')), value('--out-dir')
-        calls.append((seed, runs))
-        record = os.path.join(out, f'record-{len(calls)}')
-        os.makedirs(record)
-        with open(os.path.join(record, 'command.txt'), 'w') as fh:
-            fh.write(shlex.join(['python', *argv]) + '\n')
-        with open(os.path.join(record, 'config.json'), 'w') as fh:
-            fh.write('{}')
-        with open(os.path.join(record, 'env.json'), 'w') as fh:
-            json.dump({'code': code_hashes(['train.py', 'networks.py'])}, fh)
-        finished = runs if cut_after is None or len(calls) > 1 else cut_after
-        with open(os.path.join(record, 'runs.jsonl'), 'w') as fh:
-            for s in range(seed, seed + finished):
-                fh.write(json.dumps({'seed': s, 'test_acc': 0.9 + s / 100, 'time_s': 10.0 + s}) + '\n')
-        if finished < runs:
-            raise reproduce.OutOfTime('--budget-min is spent')
+        if 'train_many.py' in cmd:
+            invocations = [['train.py', *shlex.split(line)] for line in cmd[cmd.index('train_many.py') + 1:]]
+        else:
+            invocations = [cmd[cmd.index('train.py'):]]
+        for argv in invocations:
+            value = lambda flag: argv[argv.index(flag) + 1]
+            seed, runs, out = int(value('--seed')), int(value('--runs')), value('--out-dir')
+            calls.append((seed, runs))
+            record = os.path.join(out, f'record-{len(calls)}')
+            os.makedirs(record)
+            with open(os.path.join(record, 'command.txt'), 'w') as fh:
+                fh.write(shlex.join(['python', *argv]) + '\n')
+            with open(os.path.join(record, 'config.json'), 'w') as fh:
+                fh.write('{}')
+            with open(os.path.join(record, 'env.json'), 'w') as fh:
+                json.dump({'code': code_hashes(['train.py', 'networks.py'])}, fh)
+            finished = runs if cut_after is None or len(calls) > 1 else cut_after
+            with open(os.path.join(record, 'runs.jsonl'), 'w') as fh:
+                for s in range(seed, seed + finished):
+                    fh.write(json.dumps({'seed': s, 'test_acc': 0.9 + s / 100, 'time_s': 10.0 + s}) + '\n')
+            if finished < runs:
+                raise reproduce.OutOfTime('--budget-min is spent')
         return 0, ''
     return run
 
@@ -171,6 +177,33 @@ def test_a_stage_cut_by_the_budget_resumes_its_missing_seeds_and_counts_none_twi
     summary = (tmp_path / 'summary.md').read_text()
     assert 'incomplete: --budget-min is spent' in summary and 'in all attempts): five runs' in summary
     assert reproduce.main(args) == 0 and calls == [(0, 5), (2, 3)]
+
+
+def test_the_blf_stage_runs_its_seeds_interleaved_in_one_process_and_resumes_the_missing_one(
+        tmp_path, cifar_dir, monkeypatch):
+    calls, commands = [], []
+    fake = fake_train_py(calls)
+    monkeypatch.setattr(reproduce.Context, 'run', lambda self, cmd, **kw: (commands.append(cmd), fake(self, cmd))[1])
+    monkeypatch.setattr(reproduce, 'stage_figures', lambda ctx, names: ({}, 'figures'))
+    args = ['--device', 'cuda', '--data-dir', cifar_dir, '--out', str(tmp_path), '--stage', 'blf']
+    assert reproduce.main(args) == 0
+    (command,) = commands
+    assert command[1] == 'train_many.py' and len(command) == 2 + 3 * len(reproduce.BLF_CONFIGS)
+    order = [(os.path.basename(value(line, '--out-dir')), int(value(line, '--seed'))) for line in command[2:]]
+    assert order == [(name, seed) for seed in range(3) for name in reproduce.BLF_CONFIGS], 'seed-major'
+    assert calls == [(seed, 1) for _, seed in order], 'one run per invocation'
+    for record in (tmp_path / 'blf' / 'blf-mask').iterdir():  # lose one seed's record, as a cut run would
+        if '"seed": 2' in (record / 'runs.jsonl').read_text():
+            shutil.rmtree(record)
+    (tmp_path / 'blf' / 'done.json').unlink()
+    assert reproduce.main(args) == 0
+    assert commands[1][1] == 'train.py' and value(shlex.join(commands[1][1:]), '--seed') == '2'
+    assert value(shlex.join(commands[1][1:]), '--out-dir').endswith('blf-mask'), 'only the missing seed runs again'
+
+
+def value(line, flag):
+    argv = shlex.split(line)
+    return argv[argv.index(flag) + 1]
 
 
 def test_a_record_of_another_command_fails_the_stage_instead_of_being_pooled(tmp_path, cifar_dir, monkeypatch):
