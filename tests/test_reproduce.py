@@ -201,6 +201,17 @@ def test_the_blf_stage_runs_its_seeds_interleaved_in_one_process_and_resumes_the
     assert value(shlex.join(commands[1][1:]), '--out-dir').endswith('blf-mask'), 'only the missing seed runs again'
 
 
+def test_with_several_gpus_each_group_goes_to_torchrun_and_one_seed_to_train_py(tmp_path, cifar_dir, monkeypatch):
+    commands = []
+    monkeypatch.setattr(reproduce.Context, 'run', lambda self, cmd, **kw: commands.append(cmd))
+    monkeypatch.setattr(reproduce, 'gpu_count', lambda: 2)
+    args = reproduce.parse_args(['--device', 'cuda', '--data-dir', cifar_dir, '--out', str(tmp_path)])
+    reproduce.Context(args, 'core').train_all([(str(tmp_path / 'a'), [], 3, 0), (str(tmp_path / 'b'), ['--blf', '0.9'], 1, 2)])
+    assert [cmd[1:6] for cmd in commands] == [['-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2'],
+                                              ['train.py', '--data-dir', cifar_dir, '--no-download', '--device']]
+    assert commands[0][-4:] == ['--runs', '3', '--seed', '0'] and commands[1][-4:] == ['--runs', '1', '--seed', '2']
+
+
 def value(line, flag):
     argv = shlex.split(line)
     return argv[argv.index(flag) + 1]
