@@ -23,6 +23,7 @@ import shlex
 import signal
 import sys
 
+import distributed
 import train
 from cli import UserError, check_args, parse_args
 
@@ -53,6 +54,8 @@ def main(argv=None):
         return 0
     invocations = [shlex.split(line) for line in lines]
     try:
+        if distributed.under_torchrun():  # each invocation would join and leave the job again
+            raise UserError('under torchrun, run train.py itself (one invocation per job); train_many.py runs one process')
         types = device_types(invocations)
     except UserError as e:
         print(f'error: {e}', file=sys.stderr)

@@ -88,3 +88,11 @@ def test_invocations_of_two_device_types_are_refused(monkeypatch):
     with pytest.raises(train_many.UserError, match=r'mix devices \(cpu, cuda\)'):
         train_many.device_types([['--device', 'cpu'], ['--device', 'cuda:1']])
     assert train_many.device_types([['--device', 'cuda:0'], []]) == {'cuda'}
+
+
+def test_under_torchrun_it_refuses_in_one_line(cifar_dir, tmp_path):
+    env = {**os.environ, 'WORLD_SIZE': '2', 'RANK': '0', 'LOCAL_RANK': '0'}
+    res = subprocess.run([sys.executable, str(REPO / 'train_many.py'), toy(cifar_dir, tmp_path / 'a')], cwd=REPO,
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and res.stderr.startswith('error: under torchrun, run train.py itself')
+    assert len(res.stderr.splitlines()) == 1 and not (tmp_path / 'a').exists()
