@@ -46,39 +46,39 @@ def device_types(invocations):
 
 def main(argv=None):
     lines = sys.argv[1:] if argv is None else argv
-    if not lines:
-        print('error: give one or more train.py command lines, each quoted as one argument (see --help)', file=sys.stderr)
-        return 2
-    if lines[0] in ('-h', '--help'):
+    if lines[:1] in (['-h'], ['--help']):
         print(__doc__.strip())
         return 0
-    invocations = [shlex.split(line) for line in lines]
     try:
-        if distributed.under_torchrun():  # each invocation would join and leave the job again
-            raise UserError('under torchrun, run train.py itself (one invocation per job); train_many.py runs one process')
-        types = device_types(invocations)
+        return run_all([shlex.split(line) for line in lines])
     except UserError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
-    if types == {'cpu'}:
+    except KeyboardInterrupt:  # a signal before the first or between two: the finished ones have closed their records
+        print('interrupted between invocations; every finished one has its record', file=sys.stderr)
+        return 130
+
+
+def run_all(invocations):
+    if not invocations:
+        raise UserError('give one or more train.py command lines, each quoted as one argument (see --help)')
+    if distributed.under_torchrun():  # each invocation would join and leave the job again
+        raise UserError('under torchrun, run train.py itself (one invocation per job); train_many.py runs one process')
+    if device_types(invocations) == {'cpu'}:
         # BLF's kernels run on CPU tensors only in Triton's interpreter, and triton makes its own
         # jitted helpers (tl.sum's combine, ...) for one mode when first imported: an invocation
         # without BLF imports it too (its versions go into the record), so a later BLF one on the
         # CPU would fail. train.py alone turns it on in time (blf_step.blf_backend); here, first.
         os.environ.setdefault('TRITON_INTERPRET', '1')
-    try:
-        for i, flags in enumerate(invocations):
-            print(f'\n# train_many: invocation {i + 1}/{len(invocations)}: {shlex.join(["python", "train.py", *flags])}',
-                  flush=True)
-            code = train.main(flags)
-            if code:
-                print(f'# train_many: invocation {i + 1} exited with {code}; the {len(invocations) - i - 1} after it '
-                      f'did not run', file=sys.stderr, flush=True)
-                return code
-            gc.collect()  # the last invocation's data and model leave device memory before the next loads
-    except KeyboardInterrupt:  # a signal between two invocations: the finished ones have closed their records
-        print('interrupted between invocations; every finished one has its record', file=sys.stderr)
-        return 130
+    for i, flags in enumerate(invocations):
+        print(f'\n# train_many: invocation {i + 1}/{len(invocations)}: {shlex.join(["python", "train.py", *flags])}',
+              flush=True)
+        code = train.main(flags)
+        if code:
+            print(f'# train_many: invocation {i + 1} exited with {code}; the {len(invocations) - i - 1} after it '
+                  f'did not run', file=sys.stderr, flush=True)
+            return code
+        gc.collect()  # the last invocation's data and model leave device memory before the next loads
     return 0
 
 
