@@ -27,14 +27,22 @@ def blf_backend(impl, device):
         from kernels import reference
         return reference
     if torch.device(device).type == 'cpu':
-        os.environ.setdefault('TRITON_INTERPRET', '1')  # Triton runs on CPU tensors only in its interpreter
-        # numpy warns when the interpreter meets NaN/Inf; BLF handles those rows itself (see README)
-        warnings.filterwarnings('ignore', category=RuntimeWarning, module='triton.runtime.interpreter')
+        use_triton_interpreter()
     try:
         from kernels import triton_impl
     except ImportError as e:
         raise UserError(f'--blf-impl triton needs triton ({e}); pip install triton, or use --blf-impl torch') from None
     return triton_impl
+
+
+def use_triton_interpreter():
+    """Triton runs kernels on CPU tensors only in its interpreter, which must be chosen before
+    triton is first imported: it makes its own jitted helpers (tl.sum's combine, ...) for one mode
+    then. record.environment imports triton for its version, so a process that runs a BLF run on
+    the CPU after another run (train_many.py) chooses it before the first."""
+    os.environ.setdefault('TRITON_INTERPRET', '1')
+    # numpy warns when the interpreter meets NaN/Inf; BLF handles those rows itself (see README)
+    warnings.filterwarnings('ignore', category=RuntimeWarning, module='triton.runtime.interpreter')
 
 
 class LaggedCount:

@@ -196,7 +196,7 @@ class Context:
         appends the toy sizes last, so they win. Seeds already finished in `out` (a run cut short
         by the budget) are not run again. With several GPUs, torchrun spreads each group's seeds
         over them, one group at a time."""
-        blocks = []  # (out, flags, first seed, count), in the order given
+        blocks = []  # (train.py's argv, how many seeds), in the order given
         for out, flags, runs, seed in groups:
             first = seed or 0
             wanted = range(first, first + (min(runs or 1, 2) if self.smoke else runs or 1))
@@ -204,18 +204,17 @@ class Context:
             missing = [s for s in wanted if s not in finished]
             if len(missing) < len(wanted):
                 self.log(f'# resumed: seed(s) {", ".join(str(s) for s in wanted if s in finished)} already finished in {out}')
-            blocks += [(out, flags, start, count) for start, count in contiguous_blocks(missing)]
-        invocations = [[*self.train_command(out, flags), '--runs', str(count), '--seed', str(start)]
-                       for out, flags, start, count in blocks]
+            blocks += [([*self.train_command(out, flags), '--runs', str(count), '--seed', str(start)], count)
+                       for start, count in contiguous_blocks(missing)]
         gpus = gpu_count() if self.device == 'cuda' and not self.smoke else 1
         if gpus > 1:
-            for argv, (_, _, _, count) in zip(invocations, blocks):
+            for argv, count in blocks:
                 launcher = ['-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(min(gpus, count))]
                 self.run([sys.executable, *(launcher if count > 1 else []), *argv])
-        elif len(invocations) == 1:
-            self.run([sys.executable, *invocations[0]])
-        elif invocations:
-            self.run([sys.executable, 'train_many.py', *(shlex.join(argv[1:]) for argv in invocations)])
+        elif len(blocks) == 1:
+            self.run([sys.executable, *blocks[0][0]])
+        elif blocks:
+            self.run([sys.executable, 'train_many.py', *(shlex.join(argv[1:]) for argv, _ in blocks)])
 
     def train_command(self, out, flags):
         """train.py and its flags, without the seeds: what every record in `out` must have been made by."""

@@ -18,13 +18,13 @@ code (Ctrl-C or SIGTERM: the running invocation closes its record with the runs 
 train.py does). Under torchrun, run train.py itself: this runs invocations in one process only.
 """
 import gc
-import os
 import shlex
 import signal
 import sys
 
 import distributed
 import train
+from blf_step import use_triton_interpreter
 from cli import UserError, check_args, parse_args
 
 
@@ -65,11 +65,7 @@ def run_all(invocations):
     if distributed.under_torchrun():  # each invocation would join and leave the job again
         raise UserError('under torchrun, run train.py itself (one invocation per job); train_many.py runs one process')
     if device_types(invocations) == {'cpu'}:
-        # BLF's kernels run on CPU tensors only in Triton's interpreter, and triton makes its own
-        # jitted helpers (tl.sum's combine, ...) for one mode when first imported: an invocation
-        # without BLF imports it too (its versions go into the record), so a later BLF one on the
-        # CPU would fail. train.py alone turns it on in time (blf_step.blf_backend); here, first.
-        os.environ.setdefault('TRITON_INTERPRET', '1')
+        use_triton_interpreter()  # before the first invocation imports triton, which a later BLF one needs
     for i, flags in enumerate(invocations):
         print(f'\n# train_many: invocation {i + 1}/{len(invocations)}: {shlex.join(["python", "train.py", *flags])}',
               flush=True)
