@@ -416,6 +416,19 @@ def test_tiny_tails_are_counted_at_p_1():
     assert check_exact(losses, 1.0)[0] == 1024
 
 
+@pytest.mark.parametrize('batch', [2, 1000])
+def test_the_rule_is_exact_a_few_quanta_from_the_threshold(batch):
+    """The quantum is the one documented (kernels/selection.py; check_exact's): 2^(L - 51) beside a
+    largest loss of 1, L = log2 of the block. A second loss of exactly 9 quanta is counted exactly,
+    so thresholds 3 quanta below and above the first partial sum give the exact rule's k, 1 and 2.
+    (A quantum 8x coarser rounds those 9 up to 16 and keeps 2 rows at both.)"""
+    quantum = 2.0 ** ((batch - 1).bit_length() - 51)
+    losses = torch.zeros(batch)
+    losses[0], losses[-1] = 1.0, 9 * quantum  # total 1 + 9q
+    for p, k in ((1 - 12 * quantum, 1), (1 - 6 * quantum, 2)):  # thresholds 1 - 3q and 1 + 3q (to O(q^2))
+        assert check_exact(losses, p) == (k, k), p
+
+
 @pytest.mark.parametrize('p', [0.3, 0.9, 0.999, 1.0])
 def test_losses_spanning_1e_minus_30_to_1e30(p):
     g = gen(30)
