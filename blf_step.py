@@ -111,7 +111,7 @@ class BLF:
         if self.fixed_size is not None:
             return self.fixed_size
         bucket = self.hyp['blf_bucket']
-        wanted = max(self.count.latest(), self.n_bottom + 1)
+        wanted = self.count.latest()  # >= n_bottom + 1 or the batch: the rule keeps at least one top row
         return min(self.batch_size, -(-wanted // bucket) * bucket)
 
     def select(self, losses, cap, fill=False):
@@ -144,13 +144,14 @@ def kept_loss_stats(losses, kept):
 
 def with_bottom(sel, losses, n_bottom):
     """Forum post #9's variant: besides the top rows, keep the n_bottom lowest-loss rows; every kept
-    row weighs 1/count. counts become [the rule's top k plus the bottom rows, at most B; rows kept]:
-    when the two sets overlap, they are counted once, so a step that keeps everything is not
-    reported as truncated."""
+    row weighs 1/count. sel keeps at most n - n_bottom rows (BLF.select caps it so), so the kept
+    sets never overlap. counts become [the rule's top k plus the bottom rows, at most B; rows kept]:
+    where the rule's k reaches into the bottom rows they are counted once, so a step that keeps
+    everything is not reported as truncated."""
     from kernels import Selection
     n = losses.numel()
     rank = torch.arange(n, device=losses.device)
-    top = sel.counts[1].clamp(max=n - n_bottom)
+    top = sel.counts[1]
     kept_sorted = (rank < top) | (rank >= n - n_bottom)
     count = top + n_bottom
     weight = torch.zeros(n, device=losses.device).scatter(0, sel.order, kept_sorted / count)

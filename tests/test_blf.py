@@ -58,6 +58,7 @@ def test_mask_step_gradient_equals_autograd_of_mean_loss_over_reference_kept_row
     for g, p in zip(got, before.parameters()):
         torch.testing.assert_close(g, p.grad, rtol=1e-4, atol=1e-6)
     assert totals['kept'].item() == len(kept) and totals['steps'] == 1
+    assert totals['truncated'].item() == 0, 'the mask pass holds every row the rule keeps'
     torch.testing.assert_close(totals['kept_loss'], losses[kept].mean().detach(), rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(totals['loss'] / totals['count'], losses.mean().detach(), rtol=1e-5, atol=1e-6)
 
@@ -356,6 +357,28 @@ def test_blf_bottom_overlapping_the_top_counts_each_row_once():
     assert sel.counts.tolist() == [10, 10], 'all ten rows, none truncated'
     torch.testing.assert_close(sel.weight, torch.full((10,), 0.1))
     assert sel.stats[0].item() == pytest.approx(1.0)
+
+
+def test_kept_loss_fraction_counts_negative_losses_as_zero_like_the_kernels():
+    """A loss below 0 (rounding can give -0.0 or -1e-8) counts as 0 in the selection's sums; the
+    variants' fraction, computed outside the kernels, must count it the same way."""
+    losses = torch.tensor([-1.0, 1.0, 1.0, 2.0])
+    kept = torch.tensor([True, False, True, False])
+    fraction, full_mean, kept_mean = blf_step.kept_loss_stats(losses, kept).tolist()
+    assert fraction == pytest.approx(0.25) and full_mean == pytest.approx(0.75) and kept_mean == pytest.approx(0.0)
+    assert blf_step.kept_loss_stats(torch.zeros(4), kept)[0].item() == 1.0, 'nothing to lose: all of it is kept'
+
+
+@pytest.mark.parametrize('impl', IMPLS)
+def test_with_blf_bottom_the_compact_pass_always_holds_a_top_row(impl):
+    """kept_size relies on the rule's count including at least one top row besides the bottom ones,
+    even when the losses are all zero and --blf-min-samples is 0."""
+    h = {**cli.hyp, 'blf': 0.5, 'blf_bottom': 0.25, 'blf_min_samples': 0.0, 'blf_bucket': 1}
+    blf = blf_step.BLF(h, blf_step.blf_backend(impl, 'cpu'), 'cpu', 12, seed=0)
+    sel = blf.select(torch.zeros(12), cap=12)
+    assert sel.counts.tolist() == [4, 4], 'one top row and the 3 bottom ones'
+    blf.count.push(sel.counts[0])
+    assert blf.kept_size() == 4 and blf.rows(sel, 4).tolist() == sel.order[[0, 9, 10, 11]].tolist()
 
 
 @pytest.mark.parametrize('extra', [{'blf_bottom': 0.25}, {'subset_control': 'random'}])

@@ -320,6 +320,27 @@ def test_labels_stay_with_their_images_through_shuffle_and_augmentation():
         assert torch.equal(decode_labels(x), y)
 
 
+def test_an_epoch_holds_every_full_batch_and_drops_only_the_partial_one(cifar):
+    for n_train, batch_size in ((1000, 125), (1000, 128), (1000, 1000)):
+        ds = data_gpu.DeviceCIFAR10(cifar, 'cpu', n_train=n_train, n_test=10, seed=0)
+        sizes = [len(y) for _, y in ds.train_batches(batch_size)]
+        assert sizes == [batch_size] * (n_train // batch_size), (n_train, batch_size)
+
+
+def test_the_crop_pad_reflects_the_image_without_repeating_its_edge(cifar):
+    """Myrtle pads by reflection: row -1 is row 1, row -4 is row 4 (zero padding would put black
+    bars in the crops; replicate padding would repeat row 0)."""
+    ds = data_gpu.DeviceCIFAR10(cifar, 'cpu', n_train=8, n_test=10, seed=0)
+    images = data_gpu.normalize(cifar['train_x'][:8], torch.float32)
+    padded = ds.train_padded
+    assert padded.shape[-2:] == (40, 40)
+    torch.testing.assert_close(padded[:, :, 4:36, 4:36], images)
+    for d in range(1, 5):
+        torch.testing.assert_close(padded[:, :, 4 - d, 4:36], images[:, :, d, :])
+        torch.testing.assert_close(padded[:, :, 35 + d, 4:36], images[:, :, 31 - d, :])
+        torch.testing.assert_close(padded[:, :, 4:36, 4 - d], images[:, :, :, d])
+
+
 def test_same_seed_same_batches_other_seed_other_batches(cifar):
     def epoch(seed):
         ds = data_gpu.DeviceCIFAR10(cifar, 'cpu', n_train=2000, n_test=100, seed=seed)

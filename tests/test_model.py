@@ -101,6 +101,13 @@ def test_schedules_from_the_command_line_hit_their_knots_exactly():
     assert schedules.step_settings({**cli.hyp, 'epochs': 2}, 3)[0]['momentum'] == cli.hyp['momentum']
 
 
+def test_fractional_epochs_take_the_nearest_whole_number_of_steps():
+    # 2.3 x 100 is 229.99999999999997 in floats: flooring it would lose a step
+    assert schedules.total_steps({'epochs': 2.3}, 100) == 230
+    assert schedules.total_steps({'epochs': 9.9}, 97) == 960  # airbench94's 9.9 epochs at batch 512
+    assert len(schedules.step_settings({**cli.hyp, 'epochs': 2.3}, 100)) == 230
+
+
 @pytest.mark.parametrize('text', ['', '1', '0:1:2', 'a:1', '3:1,2:0', '-1:0'])
 def test_bad_schedules_are_refused(text):
     with pytest.raises(argparse.ArgumentTypeError):
