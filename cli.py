@@ -15,7 +15,7 @@ import torch
 import distributed
 import networks
 import recipes
-from kernels import MAX_BATCH
+from kernels import MAX_BATCH, min_samples
 from schedules import parse_schedule
 
 
@@ -293,6 +293,9 @@ def check_args(args):
     n_train = args.n_train or 50000
     if args.batch_size > n_train:
         raise UserError(f'--batch-size {args.batch_size} is larger than the training set ({n_train} images)')
+    if args.blf_bottom and min_samples(args.blf_bottom, args.batch_size) >= args.batch_size:
+        raise UserError(f'--blf-bottom {args.blf_bottom} keeps all {args.batch_size} rows of a batch as bottom rows: '
+                        'leave at least one for the top')
     check_device(args.device, ' (slow: try --n-train 4000 --n-test 1000 --epochs 4 --width 0.25 --batch-size 256)')
     check_writable(args.out_dir)
     world = distributed.world_size()

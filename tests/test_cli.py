@@ -60,6 +60,7 @@ def one_line_error(res, pattern):
     (['--mixup', '-1'], '--mixup and --cutmix must be >= 0'),
     (['--blf-bottom', '0.1'], '--blf-bottom needs --blf'),
     (['--blf', '0.9', '--blf-bottom', '1'], '--blf-bottom must be in [0, 1)'),
+    (['--blf', '0.9', '--blf-bottom', '0.999', '--batch-size', '512'], 'leave at least one for the top'),
     (['--wd-schedule', '0:-1'], '--wd-schedule values must be >= 0'),
     (['--label-smoothing', '1'], '--label-smoothing must be in [0, 1)'),
     (['--cutout', '-1'], '--cutout must be in 0..32'),
