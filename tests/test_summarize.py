@@ -26,6 +26,8 @@ def test_groups_pool_their_records(tmp_path):
     blf, base = res.stdout.splitlines()[2:]
     assert '| 3 | 0.9430 ± 0.0020 [0.9410, 0.9450]' in blf and '11.00 [10.00, 12.00]' in blf
     assert blf.endswith('| 1.00 0.63 0.32 |') and base.endswith('| 1.00 1.00 1.00 |')
+    t = (0.943 - 0.94) / (0.002 / 3 ** 0.5)  # one-sided p of mean > 94%: Student's t with 2 degrees of freedom
+    assert f'| {0.5 * (1 - t / (t * t + 2) ** 0.5):.3g} |' in blf and '| nan |' in base, 'one run has no p'
     assert run_script('summarize.py', tmp_path / 'nothing').returncode != 0
 
 

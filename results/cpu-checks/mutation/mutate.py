@@ -1,0 +1,269 @@
+"""Mutation check: does the test suite notice when the code is wrong?
+
+Each mutant below changes one line of the code every claim rests on (the BLF kernels and step,
+the augmentation on the device, the statistics, the schedules and the optimizer step, the summary
+tables and the run records) the way a plausible bug would (an off-by-one, a dropped clamp, a wrong
+denominator, a flipped comparison). For each, in a throw-away git worktree of the commit under
+test, the mutant is applied and the tests that cover that code run (stopping at the first
+failure); a mutant "survives" when they all pass: a bug the suite cannot see. Run from the
+repository root, on a CPU (the kernels under Triton's interpreter):
+
+    python results/cpu-checks/mutation/mutate.py [--rev HEAD] [--only S1 C4 ...] > results/cpu-checks/mutation/mutation.log
+
+Exit code 1 when a mutant survives, 0 when every one is killed.
+"""
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+KERNEL_TESTS = ['tests/test_kernels.py', 'tests/test_blf.py']
+BLF_TESTS = ['tests/test_blf.py', 'tests/test_mix.py']
+DATA_TESTS = ['tests/test_data.py', 'tests/test_mix.py']
+STATS_TESTS = ['tests/test_stats.py', 'tests/test_summarize.py']
+SUMMARY_TESTS = ['tests/test_summarize.py', 'tests/test_reproduce.py']
+RECORD_TESTS = ['tests/test_cli.py', 'tests/test_reproduce.py', 'tests/test_distributed.py']
+OPT_TESTS = ['tests/test_optim.py', 'tests/test_optimizers.py', 'tests/test_loss_scale.py', 'tests/test_model.py']
+
+# (id, file, old text (must occur exactly once), new text, the bug it stands for, the tests to run)
+MUTANTS = [
+    # kernels/selection.py: the top-loss selection
+    ('S1', 'kernels/selection.py', 'descending=True)', 'descending=False)', 'sorts the losses ascending', KERNEL_TESTS),
+    ('S2', 'kernels/selection.py', 'quanta += (quanta.to(tl.float64) < scaled).to(tl.int64)  # ceil',
+     'pass  # floor', 'the quanta rounded down: tiny losses count as 0', KERNEL_TESTS),
+    ('S3', 'kernels/selection.py', 'cum.to(tl.float64) < threshold', 'cum.to(tl.float64) <= threshold',
+     'a partial sum equal to the threshold keeps one more row', KERNEL_TESTS),
+    ('S4', 'kernels/selection.py', 'tl.int32), axis=0) + 1', 'tl.int32), axis=0) + 0',
+     'the sample that crosses the threshold is dropped', KERNEL_TESTS),
+    ('S5', 'kernels/selection.py', 'tl.minimum(tl.maximum(k, k_min), B)', 'tl.minimum(k, B)',
+     'k_min (--blf-min-samples) ignored', KERNEL_TESTS),
+    ('S6', 'kernels/selection.py', '(k + round_to - 1) // round_to * round_to', '(k + round_to) // round_to * round_to',
+     'rounding to round_to goes one multiple too far on exact multiples', KERNEL_TESTS),
+    ('S7', 'kernels/selection.py', 'tl.where(fill != 0, cap, tl.minimum(k, cap))', 'tl.minimum(k, cap)',
+     'fill ignored: the compact pass is padded with weight-0 rows', KERNEL_TESTS),
+    ('S8', 'kernels/selection.py', 'tl.where(kept, 1.0 / k_eff, 0.0)', 'tl.where(kept, 1.0 / k, 0.0)',
+     'kept rows weigh 1/k, not 1/k_eff, when capped', KERNEL_TESTS),
+    ('S9', 'kernels/selection.py', 'axis=0) / B).to(tl.float32))', 'axis=0) / k_eff).to(tl.float32))',
+     'the full-batch mean divides by the kept count', KERNEL_TESTS),
+    ('S10', 'kernels/selection.py', 'tl.where(total > 0, fraction, 1.0).to(tl.float32)', 'fraction.to(tl.float32)',
+     'an all-zero batch reports a kept-loss fraction of 0', KERNEL_TESTS),
+    ('S11', 'kernels/selection.py', 'tl.where(finite & (loss > 0), loss, 0.0)', 'tl.where(finite, loss, 0.0)',
+     'negative losses (and -0.0) enter the order and the sums as they are', KERNEL_TESTS),
+    ('S12', 'kernels/selection.py', 'tl.maximum((top_bits >> 23) & 0xFF, 1) - 127', '((top_bits >> 23) & 0xFF) - 127',
+     'a subnormal largest loss gets the wrong quantum', KERNEL_TESTS),
+    ('S13', 'kernels/selection.py', "tl.where(finite, clean.to(tl.int32, bitcast=True), 0x7F800000)",
+     "clean.to(tl.int32, bitcast=True)", 'NaN/Inf losses sort last (dropped) instead of first (kept)', KERNEL_TESTS),
+    ('S14', 'kernels/selection.py', 'k = n_bad + tl.sum(', 'k = tl.sum(',
+     'the non-finite rows are not added to k', KERNEL_TESTS),
+    ('S15', 'kernels/selection.py', 'kept = ok & (rank < k_eff)', 'kept = ok & (rank <= k_eff)',
+     'one row too many gets a weight', KERNEL_TESTS),
+    ('S16', 'kernels/selection.py', 'tl.sum(tl.where(kept, raw, 0.0), axis=0) / k_eff', 'tl.sum(tl.where(kept, raw, 0.0), axis=0) / k',
+     'the kept mean divides by k, not k_eff', KERNEL_TESTS),
+    ('S17', 'kernels/selection.py', '    p = p + p_lo\n', '',
+     "p's last fp32 part dropped (p off by ~1e-16)", KERNEL_TESTS),
+    ('S18', 'kernels/selection.py', 'shift = 51 - LOG2_BLOCK - exponent', 'shift = 48 - LOG2_BLOCK - exponent',
+     'a quantum 8x coarser than needed', KERNEL_TESTS),
+    # kernels/cross_entropy.py: fused per-sample loss and weighted backward
+    ('C1', 'kernels/cross_entropy.py', 'sum_exp = sum_exp * tl.exp(m - m_new) +', 'sum_exp = sum_exp +',
+     'the online log-sum-exp forgets to rescale across column blocks', KERNEL_TESTS),
+    ('C2', 'kernels/cross_entropy.py', "x_or_ninf = tl.where(col_ok[None, :], x, float('-inf'))", 'x_or_ninf = x',
+     'padding columns (0) enter the log-sum-exp', KERNEL_TESTS),
+    ('C3', 'kernels/cross_entropy.py', 'smoothing * (m - sum_x / C)', 'smoothing * (m - sum_x / BLOCK_C)',
+     'label smoothing averages over the padded block', KERNEL_TESTS),
+    ('C4', 'kernels/cross_entropy.py', "loss = tl.where((y >= 0) & (y < C), loss, float('nan'))", 'pass',
+     'a label outside 0..C-1 gives a number, not NaN', KERNEL_TESTS),
+    ('C5', 'kernels/cross_entropy.py', '+ smoothing / C\n', '+ smoothing / BLOCK_C\n',
+     "the backward's smoothing target over the padded block", KERNEL_TESTS),
+    ('C6', 'kernels/cross_entropy.py', 'g = tl.where(w[:, None] != 0, g, 0.0)', 'pass',
+     'weight-0 rows with NaN logits get NaN gradients', KERNEL_TESTS),
+    ('C7', 'kernels/cross_entropy.py', 'scale = w * tl.load(grad_out_ptr)', 'scale = w',
+     'the upstream gradient (the loss scale) ignored', KERNEL_TESTS),
+    ('C8', 'kernels/cross_entropy.py', '(1 - smoothing) * (m - x_label)', '(m - x_label)',
+     'the label term not scaled by 1 - s', KERNEL_TESTS),
+    ('C9', 'kernels/cross_entropy.py', 'SMOOTHING=smoothing != 0', 'SMOOTHING=True',
+     'the smoothing branch at s = 0: a -inf logit makes the loss NaN', KERNEL_TESTS),
+    ('C10', 'kernels/cross_entropy.py', '    if logits.stride(1) != 1:\n        logits = logits.contiguous()\n', '',
+     'column-strided logits read as if contiguous', KERNEL_TESTS),
+    ('C11', 'kernels/cross_entropy.py', 'return torch.dot(weight, losses)', 'return losses.mean()',
+     'the weighted loss value ignores the weights', KERNEL_TESTS),
+    # blf_step.py: the step, the compact mode's count, the variants
+    ('B1', 'blf_step.py', 'return min(self.batch_size, -(-wanted // bucket) * bucket)', 'return -(-wanted // bucket) * bucket',
+     'the compact pass rounded up past the batch', BLF_TESTS),
+    ('B2', 'blf_step.py', '-(-wanted // bucket) * bucket', 'wanted // bucket * bucket',
+     'the kept size rounded down to the bucket (fewer rows than kept)', BLF_TESTS),
+    ('B3', 'blf_step.py', "h['blf_round_to'], cap - self.n_bottom, fill)", "h['blf_round_to'], cap, fill)",
+     'the bottom rows come on top of the cap', BLF_TESTS),
+    ('B4', 'blf_step.py', '(rank >= n - n_bottom)', '(rank > n - n_bottom)',
+     'one bottom row short of --blf-bottom', BLF_TESTS),
+    ('B5', 'blf_step.py', '(sel.counts[0] + n_bottom).clamp(max=n)', 'sel.counts[0] + n_bottom',
+     'k with bottom rows may exceed the batch (a false "truncated")', BLF_TESTS),
+    ('B6', 'blf_step.py', 'k_eff = sel.counts[1]\n', 'k_eff = sel.counts[0]\n',
+     'the random control keeps k rows, not the rows the pass trains', BLF_TESTS),
+    ('B7', 'blf_step.py', '                break  # nothing newer than what we hold has completed\n', '',
+     'the lagged count may go back to an older value', BLF_TESTS),
+    ('B8', 'blf_step.py', '            bn.track_running_stats = False', '            bn.track_running_stats = True',
+     "the compact pass's kept rows move BatchNorm's running statistics", BLF_TESTS),
+    ('B9', 'blf_step.py', 'blf.count.push(sel.counts[0])', 'blf.count.push(sel.counts[1])',
+     'the lagged count takes k_eff (the capped size), so the pass can never grow again', BLF_TESTS),
+    ('B10', 'blf_step.py', "totals['truncated'] += sel.counts[0] > sel.counts[1]", "totals['truncated'] += sel.counts[0] >= sel.counts[1]",
+     'every step is reported truncated', BLF_TESTS),
+    ('B11', 'blf_step.py', 'return lam * losses + (1 - lam) * losses_b', 'return lam * losses + lam * losses_b',
+     "the mixed per-sample loss's partner weight", BLF_TESTS),
+    ('B12', 'blf_step.py', "clean = torch.where(torch.isfinite(raw), raw.clamp_min(0), 0.0)",
+     "clean = torch.where(torch.isfinite(raw), raw, 0.0)", "negative losses enter the variants' kept-loss fraction", BLF_TESTS),
+    ('B13', 'blf_step.py', "kept_mix = None if mix is None else (mix[0][rows], mix[1])", "kept_mix = mix",
+     "the compact pass pairs its rows with the full batch's Mixup partners", BLF_TESTS),
+    ('B14', 'blf_step.py', "totals['loss'] += sel.stats[1] * n", "totals['loss'] += sel.stats[2] * n",
+     'the epoch train loss is the kept rows\' mean, not the batch\'s', BLF_TESTS),
+    # data_gpu.py: augmentation on the device, Mixup/CutMix
+    ('D1', 'data_gpu.py', 'torch.randint(0, max_offset + 1, (n,), device=padded.device, generator=gen)\n    dx',
+     'torch.randint(0, max_offset, (n,), device=padded.device, generator=gen)\n    dx',
+     'the crop never takes the last row offset', DATA_TESTS),
+    ('D2', 'data_gpu.py', 'cols = (dx.view(n, 1, 1, 1)', 'cols = (dy.view(n, 1, 1, 1)',
+     'the crop uses the row offset for the columns too', DATA_TESTS),
+    ('D3', 'data_gpu.py', 'images.flip(3), images)', 'images.flip(2), images)',
+     'the flip mirrors top-bottom', DATA_TESTS),
+    ('D4', 'data_gpu.py', 'generator=gen) < 0.5)', 'generator=gen) < 0.4)',
+     'the flip mirrors 40% of the images, not half', DATA_TESTS),
+    ('D5', 'data_gpu.py', 'in_rows = (r >= top) & (r < top + size)', 'in_rows = (r >= top) & (r <= top + size)',
+     'Cutout boxes one row too tall', DATA_TESTS),
+    ('D6', 'data_gpu.py', 'cy = torch.randint(0, h, (n,)', 'cy = torch.randint(size // 2, h - size // 2, (n,)',
+     'Cutout centres kept away from the borders (never clipped)', DATA_TESTS),
+    ('D7', 'data_gpu.py', 'self.flip_mask[perm] ^ bool(self.epoch % 2)', 'self.flip_mask[perm]',
+     'the alternating flip mirrors the same images every epoch', DATA_TESTS),
+    ('D8', 'data_gpu.py', 'range(0, self.n_train - batch_size + 1, batch_size)', 'range(0, self.n_train - batch_size, batch_size)',
+     'the last full batch of an epoch dropped', DATA_TESTS),
+    ('D9', 'data_gpu.py', "F.pad(x, (crop_pad,) * 4, mode='reflect')", "F.pad(x, (crop_pad,) * 4)",
+     'zero padding instead of reflect padding', DATA_TESTS),
+    ('D10', 'data_gpu.py', 'x, y = self.train_padded[perm], self.train_y[perm]', 'x, y = self.train_padded[perm], self.train_y',
+     'labels left unshuffled while the images are shuffled', DATA_TESTS),
+    ('D11', 'data_gpu.py', 'lam = 1 - (y1 - y0) * (x1 - x0) / (h * w)', 'pass',
+     "CutMix's lambda not corrected for the clipped box", DATA_TESTS),
+    ('D12', 'data_gpu.py', 'mixed = lam * x + (1 - lam) * partner', 'mixed = lam * x + lam * partner',
+     "Mixup's partner weight", DATA_TESTS),
+    # stats.py: what every claim's figures come from
+    ('T1', 'stats.py', "'std': statistics.stdev(values)", "'std': statistics.pstdev(values)",
+     'the population std (n) instead of the sample std (n - 1)', STATS_TESTS),
+    ('T2', 'stats.py', 't = (statistics.fmean(xs) - mu) / (sd / math.sqrt(n))', 't = (statistics.fmean(xs) - mu) / (sd / math.sqrt(n - 1))',
+     "the t statistic's standard error over n - 1", STATS_TESTS),
+    ('T3', 'stats.py', 'return tail if t >= 0 else 1.0 - tail', 'return tail',
+     'the t tail for a negative t', STATS_TESTS),
+    ('T4', 'stats.py', "'median': statistics.median(values)", "'median': statistics.fmean(values)",
+     'the median is the mean', STATS_TESTS),
+    ('T5', 'stats.py', 'return t, t_sf(t, n - 1)', 'return t, t_sf(t, n)',
+     'n degrees of freedom, not n - 1', STATS_TESTS),
+    # schedules.py and optimizers.py: the step every recipe takes
+    ('O1', 'schedules.py', 'v0 + (v1 - v0) * (t - t0) / (t1 - t0)', 'v0 + (v1 - v0) * (t - t0) / t1',
+     'the interpolation divides by the knot, not the segment', OPT_TESTS),
+    ('O2', 'schedules.py', "peak = hyp['epochs'], hyp['lr_peak'] * hyp['epochs']", "peak = hyp['epochs'], hyp['lr_peak']",
+     "the lr's peak at a fixed epoch: the shape does not stretch with --epochs", OPT_TESTS),
+    ('O3', 'schedules.py', "return round(hyp['epochs'] * steps_per_epoch)", "return int(hyp['epochs'] * steps_per_epoch)",
+     'fractional epochs floored (9.9 epochs lose a step to float noise)', OPT_TESTS),
+    ('O4', 'schedules.py', 'piecewise_linear(k, step / steps_per_epoch)', 'piecewise_linear(k, (step + 1) / steps_per_epoch)',
+     "each step takes the next step's settings", OPT_TESTS),
+    ('O5', 'optimizers.py', "(norms if isinstance(module, nn.modules.batchnorm._BatchNorm) or name == \"bias\" else weights)",
+     "(norms if isinstance(module, nn.modules.batchnorm._BatchNorm) else weights)",
+     'biases get the weights\' weight decay and lr', OPT_TESTS),
+    ('O6', 'optimizers.py', "group['lr'] = lr * group['lr_scale'] / scale", "group['lr'] = lr * group['lr_scale']",
+     'the lr not divided by the loss scale', OPT_TESTS),
+    ('O7', 'optimizers.py', "wd = setting['weight_decay'] * group['wd_scale'] * scale", "wd = setting['weight_decay'] * group['wd_scale']",
+     'the weight decay not multiplied by the loss scale', OPT_TESTS),
+    ('O8', 'optimizers.py', "1 - group['lr'] * group['decoupled_wd']", "1 - group['decoupled_wd']",
+     "decoupled decay without the lr factor", OPT_TESTS),
+    ('O9', 'optimizers.py', '.clamp_min(1e-12)).clamp_max(1.0)', '.clamp_min(1e-12))',
+     'AGC scales small gradients up, not only large ones down', OPT_TESTS),
+    ('O10', 'optimizers.py', 'p.mul_(len(p) ** 0.5 / p.norm().clamp_min(1e-12))', 'pass',
+     "Muon's filter renormalisation left out", OPT_TESTS),
+    ('O11', 'optimizers.py', 'alpha = self.decay ** self.every * (self.t / self.total) ** 3', 'alpha = self.decay ** self.every',
+     "Lookahead's averaging as strong early as late", OPT_TESTS),
+    ('O12', 'optimizers.py', "torch._foreach_lerp_(self.shadow, [t.detach().float() for t in self.tensors], 1 - self.decay)",
+     "torch._foreach_lerp_(self.shadow, [t.detach().float() for t in self.tensors], self.decay)",
+     "EMA's decay the wrong way round", OPT_TESTS),
+    ('O13', 'optimizers.py', "return 1.0 if hyp['optimizer'] == 'adam' or hyp['precision'] == 'amp' else float(hyp['batch_size'])",
+     "return 1.0", 'fp16 without a loss scale (gradients underflow)', OPT_TESTS),
+    ('O14', 'optimizers.py', "group['betas'] = (setting['momentum'], group['betas'][1])", "pass",
+     "Adam's beta1 not scheduled", OPT_TESTS),
+    # summarize.py: the tables in results/
+    ('M1', 'summarize.py', "epochs += [e for e in read_jsonl(os.path.join(rec, 'epochs.jsonl')) if e.get('seed') in seeds]",
+     "epochs += read_jsonl(os.path.join(rec, 'epochs.jsonl'))", "a cut run's epochs enter the kept curve", SUMMARY_TESTS),
+    ('M2', 'summarize.py', "0.94)[1] if len(runs) > 1", "0.94)[0] if len(runs) > 1",
+     'the t statistic reported as the p-value', SUMMARY_TESTS),
+    ('M3', 'summarize.py', "changed = [f for f in differing(codes) if all(f in c for c in codes)]", "changed = differing(codes)",
+     'a file only some records imported counts as different code', SUMMARY_TESTS),
+    ('M4', 'summarize.py', ".items() if n > 1)", ".items() if n > 2)",
+     'a seed in two records is not named', SUMMARY_TESTS),
+    ('M5', 'summarize.py', "kept_curve = [sum(v) / len(v) for _, v in sorted(by_epoch.items())]",
+     "kept_curve = [max(v) for _, v in sorted(by_epoch.items())]", "the kept curve takes each epoch's largest run", SUMMARY_TESTS),
+    # record.py: what every number's log is
+    ('R1', 'record.py', "            os.mkdir(path)\n", "            os.makedirs(path, exist_ok=True)\n",
+     'a second run in the same second writes into the first one\'s record', RECORD_TESTS),
+    ('R2', 'record.py', "with open(os.path.join(self.path, name), 'a') as fh:", "with open(os.path.join(self.path, name), 'w') as fh:",
+     "each run's line replaces the runs before it", RECORD_TESTS),
+    ('R3', 'record.py', "            lines[row - 1] = lines[row - 1][:col]\n", "",
+     "a comment edit changes the code's hash (reproduce.py reruns a stage for it)", RECORD_TESTS),
+    ('R4', 'record.py', "if parts[0] not in ('..', 'tests')", "if parts[0] != '..'",
+     "the tests' modules count as the code a run is made of", RECORD_TESTS),
+    ('R5', 'record.py', "'--exclude-standard', '--', '*.py']", "'--exclude-standard', '--', '*.pyc']",
+     "a new .py file not yet in git is left out of the record's git.diff", RECORD_TESTS),
+    ('R6', 'record.py', "key=lambda r: r['seed'])", "key=lambda r: r['rank'])",
+     "several ranks' runs written in rank order, not seed order", RECORD_TESTS),
+]
+
+
+def run(cmd, cwd, timeout=None, env=None):
+    return subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout, env=env)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap.add_argument('--rev', default='HEAD', help='the commit under test')
+    ap.add_argument('--only', nargs='+', help='only these mutant ids')
+    ap.add_argument('--timeout', type=float, default=1200, help='seconds per mutant')
+    args = ap.parse_args()
+    repo = os.getcwd()
+    rev = run(['git', 'rev-parse', '--short', args.rev], repo).stdout.strip()
+    data = os.path.join(repo, 'data')
+    env = dict(os.environ, TRITON_INTERPRET='1', PYTHONDONTWRITEBYTECODE='1')
+    survived = 0
+    with tempfile.TemporaryDirectory() as tmp:
+        tree = os.path.join(tmp, 'tree')
+        subprocess.run(['git', 'worktree', 'add', '-q', '--detach', tree, rev], cwd=repo, check=True)
+        try:
+            if os.path.isdir(data):  # the tests' CIFAR-10 (tests/conftest.py looks in data/)
+                os.symlink(data, os.path.join(tree, 'data'))
+            print(f'# mutation check at {rev}, python {sys.version.split()[0]}; tests stop at the first failure (-x)')
+            print(f'{"id":4} {"result":9} {"s":>6}  bug (file)  [first failing test]')
+            for mid, path, old, new, bug, tests in MUTANTS:
+                if args.only and mid not in args.only:
+                    continue
+                file = os.path.join(tree, path)
+                with open(file) as fh:
+                    original = fh.read()
+                if original.count(old) != 1:
+                    raise SystemExit(f'{mid}: the text to mutate occurs {original.count(old)} times in {path}')
+                with open(file, 'w') as fh:
+                    fh.write(original.replace(old, new))
+                start = time.time()
+                try:
+                    out = run([sys.executable, '-m', 'pytest', '-x', '-q', '-p', 'no:cacheprovider', '-W', 'ignore', *tests],
+                              tree, timeout=args.timeout, env=env)
+                    code, text = out.returncode, out.stdout
+                except subprocess.TimeoutExpired:
+                    code, text = 'timeout', ''
+                finally:
+                    with open(file, 'w') as fh:
+                        fh.write(original)
+                failed = [line.split(' - ')[0][7:] for line in text.splitlines() if line.startswith(('FAILED ', 'ERROR '))]
+                result = 'survived' if code == 0 else 'killed'
+                survived += code == 0
+                print(f'{mid:4} {result:9} {time.time() - start:6.0f}  {bug} ({path})  [{failed[0] if failed else code}]', flush=True)
+        finally:
+            subprocess.run(['git', 'worktree', 'remove', '--force', tree], cwd=repo)
+    print(f'# {survived} survived')
+    return 1 if survived else 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
