@@ -192,6 +192,10 @@ def test_kept_size_rounds_up_to_the_bucket_and_never_exceeds_the_batch(cifar):
     for latest, size in [(1, 64), (64, 64), (65, 128), (500, 512), (512, 512)]:
         blf.count.value = latest
         assert blf.kept_size() == size
+    blf.batch_size = 500  # not a multiple of the bucket: the last bucket (512) is cut to the batch
+    for latest, size in [(448, 448), (449, 500), (500, 500)]:
+        blf.count.value = latest
+        assert blf.kept_size() == size
 
 
 @pytest.mark.parametrize('args, pattern', [

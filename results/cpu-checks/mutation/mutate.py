@@ -255,7 +255,8 @@ def main():
                 finally:
                     with open(file, 'w') as fh:
                         fh.write(original)
-                failed = [line.split(' - ')[0][7:] for line in text.splitlines() if line.startswith(('FAILED ', 'ERROR '))]
+                failed = [line.split(' - ')[0].split(' ', 1)[1] for line in text.splitlines()
+                          if line.startswith(('FAILED ', 'ERROR '))]
                 result = 'survived' if code == 0 else 'killed'
                 survived += code == 0
                 print(f'{mid:4} {result:9} {time.time() - start:6.0f}  {bug} ({path})  [{failed[0] if failed else code}]', flush=True)
