@@ -68,48 +68,48 @@ def test_mixers_are_seeded():
         assert la == lb and torch.equal(pa, pb) and torch.equal(xa, xb)
 
 
-@pytest.mark.parametrize('impl', ['triton', 'torch'])
-def test_blf_under_mixup_trains_on_the_top_mixed_losses(cifar, impl):
+def blf_step_under_mixup(cifar, impl, mode, kept_before=None, **extra):
+    """One BLF step on 96 Mixup images (lr 0, so .grad keeps the gradient); returns the model after
+    it, a copy from before it, the hyperparameters, the mixed images, labels and mix."""
     torch.manual_seed(0)
-    h = {**cli.hyp, 'blf': 0.7, 'blf_mode': 'mask', 'blf_impl': impl, 'label_smoothing': 0.1, 'mixup': 0.4,
-         'weight_decay': 0.0, 'momentum': 0.0}
+    h = {**cli.hyp, 'blf': 0.7, 'blf_mode': mode, 'blf_impl': impl, 'label_smoothing': 0.1, 'mixup': 0.4,
+         'weight_decay': 0.0, 'momentum': 0.0, **extra}
     model = networks.make_model(0.25, 'cpu', torch.float32)
     opt = optimizers.make_optimizer(model, h)
     x = data_gpu.normalize(cifar['train_x'][:96], torch.float32).contiguous(memory_format=torch.channels_last)
     y = cifar['train_y'][:96]
     mixed, mix = data_gpu.Mixer(h, 'cpu', seed=0)(x, y)
     blf = blf_step.BLF(h, blf_step.blf_backend(impl, 'cpu'), 'cpu', 96, seed=0)
+    if kept_before is not None:
+        blf.count.value = kept_before  # as if an earlier step had kept that many rows
     before = copy.deepcopy(model)
-    totals = train.epoch_totals('cpu', blf_on=True)
-    blf_step.blf_train_step(model, opt, mixed, y, h, totals, blf, mix=mix)
+    blf_step.blf_train_step(model, opt, mixed, y, h, train.epoch_totals('cpu', blf_on=True), blf, mix=mix)
+    return model, before, h, mixed, y, mix
+
+
+def assert_same_gradients(model, reference_model, h):
+    for p, q in zip(model.parameters(), reference_model.parameters()):
+        torch.testing.assert_close(p.grad / optimizers.loss_scale(h), q.grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize('impl', ['triton', 'torch'])
+def test_blf_under_mixup_trains_on_the_top_mixed_losses(cifar, impl):
+    model, before, h, mixed, y, mix = blf_step_under_mixup(cifar, impl, 'mask')
     losses = train.mixed_cross_entropy(before(mixed), y, mix, 0.1, reduction='none')
     sel = reference.select_top_loss(losses.detach(), 0.7)
     losses[sel.order[:int(sel.counts[0])]].mean().backward()
-    for p, q in zip(model.parameters(), before.parameters()):
-        torch.testing.assert_close(p.grad / optimizers.loss_scale(h), q.grad, rtol=1e-4, atol=1e-6)
+    assert_same_gradients(model, before, h)
 
 
 @pytest.mark.parametrize('impl', ['triton', 'torch'])
 def test_compact_blf_under_mixup_pairs_each_kept_row_with_its_own_partner(cifar, impl):
     """The compact pass trains on a subset of rows: their partners' labels must be taken with them
     (pairing the kept rows with the full batch's first partners trains against the wrong targets)."""
-    torch.manual_seed(0)
-    h = {**cli.hyp, 'blf': 0.7, 'blf_mode': 'compact', 'blf_impl': impl, 'blf_bucket': 8, 'label_smoothing': 0.1,
-         'mixup': 0.4, 'weight_decay': 0.0, 'momentum': 0.0}
-    model = networks.make_model(0.25, 'cpu', torch.float32)
-    opt = optimizers.make_optimizer(model, h)
-    x = data_gpu.normalize(cifar['train_x'][:96], torch.float32).contiguous(memory_format=torch.channels_last)
-    y = cifar['train_y'][:96]
-    mixed, mix = data_gpu.Mixer(h, 'cpu', seed=0)(x, y)
-    blf = blf_step.BLF(h, blf_step.blf_backend(impl, 'cpu'), 'cpu', 96, seed=0)
-    blf.count.value = 40  # as if an earlier step had kept 40 rows: this step trains on 40
-    before = copy.deepcopy(model)
-    blf_step.blf_train_step(model, opt, mixed, y, h, train.epoch_totals('cpu', blf_on=True), blf, mix=mix)
+    model, before, h, mixed, y, mix = blf_step_under_mixup(cifar, impl, 'compact', kept_before=40, blf_bucket=8)
     with torch.no_grad():
         losses = train.mixed_cross_entropy(before(mixed), y, mix, 0.1, reduction='none')
-    rows = reference.select_top_loss(losses, 0.7).order[:40]
+    rows = reference.select_top_loss(losses, 0.7).order[:40]  # this step trains on 40 rows
     partner, lam = mix
     with blf_step.running_stats_frozen(before):
         train.mixed_cross_entropy(before(mixed[rows]), y[rows], (partner[rows], lam), 0.1, reduction='mean').backward()
-    for p, q in zip(model.parameters(), before.parameters()):
-        torch.testing.assert_close(p.grad / optimizers.loss_scale(h), q.grad, rtol=1e-4, atol=1e-6)
+    assert_same_gradients(model, before, h)
