@@ -188,14 +188,11 @@ def test_lagged_count_takes_the_newest_completed_count_and_reports_its_age():
 
 def test_kept_size_rounds_up_to_the_bucket_and_never_exceeds_the_batch(cifar):
     h, model, opt, x, y, blf = setup(cifar, 'torch', 'compact', blf_bucket=64)
-    blf.batch_size = 512
-    for latest, size in [(1, 64), (64, 64), (65, 128), (500, 512), (512, 512)]:
-        blf.count.value = latest
-        assert blf.kept_size() == size
-    blf.batch_size = 500  # not a multiple of the bucket: the last bucket (512) is cut to the batch
-    for latest, size in [(448, 448), (449, 500), (500, 500)]:
-        blf.count.value = latest
-        assert blf.kept_size() == size
+    # a batch of 500 is not a multiple of the bucket: its last bucket (512) is cut to the batch
+    for batch, latest, size in [(512, 1, 64), (512, 64, 64), (512, 65, 128), (512, 500, 512), (512, 512, 512),
+                                (500, 448, 448), (500, 449, 500), (500, 500, 500)]:
+        blf.batch_size, blf.count.value = batch, latest
+        assert blf.kept_size() == size, (batch, latest)
 
 
 @pytest.mark.parametrize('args, pattern', [
