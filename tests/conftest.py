@@ -12,6 +12,14 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault('TRITON_INTERPRET', '1')
 
+# Under pytest-xdist (`-n auto`: one worker per core) torch's own thread pool in each worker would
+# fight the other workers for the same cores: on 2 cores the suite took 933 s with torch's 2 threads
+# per worker and 498 s with one (results/cpu-checks/durations/). One thread, here and in every script
+# a test starts. A plain `pytest` keeps torch's default.
+if os.environ.get('PYTEST_XDIST_WORKER'):
+    os.environ['OMP_NUM_THREADS'] = '1'
+    torch.set_num_threads(1)
+
 import data_gpu  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
