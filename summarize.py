@@ -9,6 +9,9 @@ A record that was interrupted, or stopped when training diverged, contributes th
 (and only their epochs) and is named below the table. So is a group that pools what should not be
 pooled: a seed in more than one record (counted twice), records of different settings, or records
 of different code (env.json's per-file hashes).
+
+The p column is the p-value of a one-sided t-test of H0: mean <= 94%. A small p says the runs are
+evidence that the mean exceeds 94%; it is not the probability that it does.
 """
 import argparse
 import collections
@@ -132,7 +135,7 @@ def main(argv=None):
         if row is None:
             sys.exit(f'error: no finished run under {g}')
         rows.append(row)
-    print('| group | runs | accuracy mean ± std [min, max] | p(mean > 94%) | time median [min, max] s | kept fraction by epoch |')
+    print('| group | runs | accuracy mean ± std [min, max] | p, H0: mean <= 94% | time median [min, max] s | kept fraction by epoch |')
     print('|---|---|---|---|---|---|')
     for r in rows:
         a, t = r['acc'], r['time']

@@ -23,10 +23,11 @@ def test_groups_pool_their_records(tmp_path):
     fake_record(tmp_path / 'base', [(0, 0.94, 20.0)], [1.0, 1.0, 1.0])
     res = run_script('summarize.py', tmp_path / 'blf', tmp_path / 'base')
     assert res.returncode == 0, res.stderr
-    blf, base = res.stdout.splitlines()[2:]
+    header, _, blf, base = res.stdout.splitlines()
+    assert '| p, H0: mean <= 94% |' in header, 'a p-value, not the probability that the mean exceeds 94%'
     assert '| 3 | 0.9430 ± 0.0020 [0.9410, 0.9450]' in blf and '11.00 [10.00, 12.00]' in blf
     assert blf.endswith('| 1.00 0.63 0.32 |') and base.endswith('| 1.00 1.00 1.00 |')
-    t = (0.943 - 0.94) / (0.002 / 3 ** 0.5)  # one-sided p of mean > 94%: Student's t with 2 degrees of freedom
+    t = (0.943 - 0.94) / (0.002 / 3 ** 0.5)  # one-sided p-value of H0: mean <= 94%: Student's t with 2 degrees of freedom
     assert f'| {0.5 * (1 - t / (t * t + 2) ** 0.5):.3g} |' in blf and '| nan |' in base, 'one run has no p'
     assert run_script('summarize.py', tmp_path / 'nothing').returncode != 0
 
