@@ -53,9 +53,10 @@ def build(fn, signature, constexprs, num_warps=4):
                             options={'num_warps': num_warps})
     assert 'ptx' in kernel.asm and kernel.asm['ptx']
     regs, stores, loads = registers_and_spills(kernel.asm['ptx'])
+    dtype = signature[fn.arg_names[0]].lstrip('*')  # the first pointer's element type: the logits' or losses'
     if stores or loads:
-        SPILLS.append(f'{fn.__name__} {constexprs} warps={num_warps}')
-    print(f'ok {fn.__name__} {constexprs} warps={num_warps} registers={regs} spill_stores={stores} '
+        SPILLS.append(f'{fn.__name__} {dtype} {constexprs} warps={num_warps}')
+    print(f'ok {fn.__name__} {dtype} {constexprs} warps={num_warps} registers={regs} spill_stores={stores} '
           f'spill_loads={loads}', flush=True)
 
 
