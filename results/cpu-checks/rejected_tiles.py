@@ -9,14 +9,14 @@ from kernels.cross_entropy import _ce_backward_kernel, _ce_forward_kernel  # noq
 from kernels.selection import _select_kernel  # noqa: E402
 
 for dtype in ('fp16',):
-    for block_b, block_c in ((256, 16), (32, 128)):  # 4096 logits for C = 10 and C = 100
+    for classes, block_b, block_c in ((10, 256, 16), (100, 32, 128)):  # 4096 logits for C = 10 and C = 100
         a.build(_ce_forward_kernel, {'logits_ptr': f'*{dtype}', 'labels_ptr': '*i64', 'loss_ptr': '*fp32',
-                                     'lse_ptr': '*fp32', 'B': 'i32', 'C': 'i32', 'stride_b': 'i32', 'smoothing': 'fp32'},
-                {'SMOOTHING': True, 'BLOCK_B': block_b, 'BLOCK_C': block_c})
+                                     'lse_ptr': '*fp32', 'B': 'i32', 'stride_b': 'i32', 'smoothing': 'fp32'},
+                {'C': classes, 'SMOOTHING': True, 'BLOCK_B': block_b, 'BLOCK_C': block_c})
         a.build(_ce_backward_kernel, {'logits_ptr': f'*{dtype}', 'labels_ptr': '*i64', 'lse_ptr': '*fp32',
                                       'weight_ptr': '*fp32', 'grad_out_ptr': '*fp32', 'grad_ptr': f'*{dtype}', 'B': 'i32',
-                                      'C': 'i32', 'stride_b': 'i32', 'stride_gb': 'i32', 'smoothing': 'fp32'},
-                {'BLOCK_B': block_b, 'BLOCK_C': block_c})
+                                      'stride_b': 'i32', 'stride_gb': 'i32', 'smoothing': 'fp32'},
+                {'C': classes, 'BLOCK_B': block_b, 'BLOCK_C': block_c})
 for block, warps in ((8192, 16), (8192, 32), (16384, 32)):
     a.build(_select_kernel, {'loss_ptr': '*fp32', 'weight_ptr': '*fp32', 'order_ptr': '*i64', 'counts_ptr': '*i32',
                              'stats_ptr': '*fp32', 'B': 'i32', 'p_hi': 'fp32', 'p_mid': 'fp32', 'p_lo': 'fp32',
