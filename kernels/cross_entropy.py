@@ -24,8 +24,9 @@ import triton.language as tl
 
 
 def _blocks(n_rows, n_cols):
-    """Tile of a program: up to 256 classes per loop step, 1024 logits in all. Larger tiles (4096
-    logits: 256 x 16 for CIFAR's 10 classes) use all 255 registers and spill on an H100;
+    """Tile of a program: up to 256 classes per loop step, 1024 logits in all. Tiles of 4096 logits
+    spilled on an H100 while C was a runtime argument; with C constexpr they fit (128-255
+    registers, results/cpu-checks/registers.log); whether they are faster is not yet timed on a GPU.
     tests/aot_compile.py reports registers and spills of every tile and fails on a spill."""
     block_c = min(triton.next_power_of_2(n_cols), 256)
     block_b = max(1, min(triton.next_power_of_2(n_rows), 1024 // block_c))
