@@ -27,6 +27,7 @@ has measured them.
 """
 import argparse
 import csv
+import hashlib
 import importlib.util
 import json
 import os
@@ -335,7 +336,6 @@ def few(names, most=4):
 
 
 def code_digest(code):
-    import hashlib
     return hashlib.sha256(json.dumps(code, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -540,19 +540,23 @@ def write_airbench_cache(data_dir, folder):
                     'classes': CIFAR10_CLASSES}, os.path.join(folder, f'{part}.pt'))
 
 
+AIRBENCH_TIME_COLUMNS = ('time_seconds', 'total_time_seconds')  # airbench94_muon.py's; legacy/airbench94.py's
+
+
 def airbench_results(out):
-    """(tta_val_acc, time_seconds) of each finished run in an airbench script's printed table: the
-    rows whose epoch column says 'eval'. The run column names a run on its first row only; the
+    """(tta_val_acc, time in seconds) of each finished run in an airbench script's printed table:
+    the rows whose epoch column says 'eval'. The run column names a run on its first row only; the
     untimed warm-up run (random labels) is named 'warmup' and left out."""
-    columns, results, run = None, [], None
+    columns, time_column, results, run = None, None, [], None
     for line in out.splitlines():
         cells = [c.strip() for c in line.strip().strip('|').split('|')] if line.lstrip().startswith('|') else None
-        if cells and 'tta_val_acc' in cells and 'time_seconds' in cells:
+        if cells and 'tta_val_acc' in cells and set(AIRBENCH_TIME_COLUMNS) & set(cells):
             columns = cells
+            time_column = next(columns.index(name) for name in AIRBENCH_TIME_COLUMNS if name in cells)
         elif cells and columns and len(cells) == len(columns):
             run = cells[columns.index('run')] or run
             if cells[columns.index('epoch')] == 'eval' and run != 'warmup':
-                results.append((float(cells[columns.index('tta_val_acc')]), float(cells[columns.index('time_seconds')])))
+                results.append((float(cells[columns.index('tta_val_acc')]), float(cells[time_column])))
     return results
 
 
@@ -610,7 +614,10 @@ def run_airbench_script(ctx, path, stem, work):
     if not runs or code not in (0, None):
         raise StageFailed(f'{stem}: {len(runs)} finished run(s), exit {code}')
     accs, times = [a for a, _ in runs], [t for _, t in runs]
-    return {'acc': {'mean': statistics.mean(accs), 'std': statistics.stdev(accs) if len(accs) > 1 else 0.0, 'n': len(accs)},
+    with open(path, 'rb') as fh:  # which version of the script ran: its hash, never its code
+        script_sha256 = hashlib.sha256(fh.read()).hexdigest()
+    return {'script': os.path.basename(path), 'script_sha256': script_sha256,
+            'acc': {'mean': statistics.mean(accs), 'std': statistics.stdev(accs) if len(accs) > 1 else 0.0, 'n': len(accs)},
             'time_s': {'median': statistics.median(times), 'min': min(times), 'max': max(times)},
             'stopped_early': code is None}
 
@@ -746,6 +753,10 @@ def main(argv=None):
     if set(args.stage or STAGES) - NEEDS_NO_DATA and not os.path.isdir(os.path.join(args.data_dir, 'cifar-10-batches-py')):
         print(f'error: no cifar-10-batches-py/ in {args.data_dir}: give --data-dir (train.py --data-dir '
               f'{args.data_dir} downloads it when online)', file=sys.stderr)
+        return 2
+    missing = [path for path in args.airbench if not os.path.isfile(path)]
+    if missing:
+        print(f'error: --airbench {missing[0]}: no such file (a local copy of a published airbench script)', file=sys.stderr)
         return 2
     try:
         os.makedirs(args.out, exist_ok=True)

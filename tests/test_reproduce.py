@@ -1,4 +1,5 @@
 """reproduce.py: every stage at toy size on the CPU, the summary, the single packed file, resuming."""
+import hashlib
 import json
 import os
 import shlex
@@ -502,6 +503,10 @@ def test_the_documented_gpu_calls_fit_the_device_tool_and_stop_before_it_does():
     assert f'unpack.py {second[2].data_dir}' in second[0]
     assert f'cp -r results/nvidia-h200/reproduce {os.path.dirname(first[2].out)}' in first[0], \
         'call 1 resumes from the committed pack'
+    assert second[2].airbench and all(path.startswith('.airbench/') for path in second[2].airbench)
+    ignored = subprocess.run(['git', 'check-ignore', '--no-index', *second[2].airbench], cwd=REPO,
+                             capture_output=True, text=True).stdout.split()
+    assert ignored == second[2].airbench, 'the published scripts are carried to the machine, never committed'
 
 
 def test_the_airbench_stage_runs_the_script_on_our_data_then_our_recipe_and_keeps_none_of_its_code(smoke):
@@ -511,11 +516,21 @@ def test_the_airbench_stage_runs_the_script_on_our_data_then_our_recipe_and_keep
     fig = json.loads((out / 'airbench' / 'done.json').read_text())['figures']['airbench94']
     theirs = fig['published_script']
     assert theirs['acc']['n'] == 3 and 0.2 < theirs['acc']['mean'] < 0.4 and not theirs['stopped_early']
+    assert theirs['script'] == 'airbench94.py'
+    assert theirs['script_sha256'] == hashlib.sha256(open(FAKE_AIRBENCH, 'rb').read()).hexdigest()
     assert fig['ours']['acc']['n'] == 2 and fig['time_ratio_ours_to_theirs'] > 0
     assert sorted(p.name for p in (out / 'airbench' / 'airbench94').iterdir()) == ['published_script.json']
     assert json.loads((out / 'airbench' / 'airbench94' / 'published_script.json').read_text()) == theirs
     with tarfile.open(out / reproduce.PACK) as tar:
         assert not any('/logs/' in n or n.endswith('.pt') for n in tar.getnames())
+
+
+def test_an_airbench_script_that_is_not_there_stops_the_run_before_any_stage(tmp_path, cifar_dir, capsys):
+    assert reproduce.main(['--smoke', '--device', 'cpu', '--data-dir', cifar_dir, '--out', str(tmp_path / 'out'),
+                           '--airbench', FAKE_AIRBENCH, str(tmp_path / 'airbench94_muon.py')]) == 2
+    err = capsys.readouterr().err
+    assert err.count('\n') == 1 and 'airbench94_muon.py: no such file' in err
+    assert not (tmp_path / 'out').exists(), 'nothing ran, nothing was written'
 
 
 def test_the_airbench_stage_without_a_script_is_skipped_not_failed(tmp_path, cifar_dir):
@@ -534,6 +549,22 @@ def test_airbench_tables_are_read_by_their_eval_rows():
 |       |   eval  |          |         |       0.9392  |    3.8001  |
 Mean: 0.9401    Std: 0.0000"""
     assert reproduce.airbench_results(out) == [(0.9401, 3.8312), (0.9392, 3.8001)]
+
+
+def test_the_legacy_airbench94_table_with_its_total_time_column_is_read_too():
+    """legacy/airbench94.py names its clock total_time_seconds, has a train_loss column, rules its
+    header off with dashes and runs no warm-up: each run's eval row still counts."""
+    out = """---------------------------------------------------------------------------------------------
+|  run     |  epoch  |  train_loss  |  train_acc  |  val_acc  |  tta_val_acc  |  total_time_seconds  |
+---------------------------------------------------------------------------------------------
+|       0  |      1  |      1.2345  |     0.5000  |   0.6000  |               |              1.1000  |
+|          |   eval  |              |             |           |       0.9405  |              3.9000  |
+---------------------------------------------------------------------------------------------
+|       1  |      1  |      1.2000  |     0.5100  |   0.6100  |               |              1.0500  |
+|          |   eval  |              |             |           |       0.9388  |              3.8500  |
+---------------------------------------------------------------------------------------------
+Mean: 0.9397    Std: 0.0012"""
+    assert reproduce.airbench_results(out) == [(0.9405, 3.9), (0.9388, 3.85)]
 
 
 def test_the_post8_ladder_adds_one_published_step_per_rung_and_ends_at_the_recipe():
