@@ -525,6 +525,28 @@ def test_the_airbench_stage_runs_the_script_on_our_data_then_our_recipe_and_keep
         assert not any('/logs/' in n or n.endswith('.pt') for n in tar.getnames())
 
 
+def test_a_published_script_that_outruns_its_share_is_stopped_and_its_finished_runs_count(tmp_path, cifar_dir):
+    """airbench94_muon.py runs 200 seeds, more than a stage has time for: after its third of the
+    time left it gets Ctrl-C, and the runs it finished make its figures (stopped_early says so)."""
+    script = tmp_path / 'airbench94_muon.py'
+    script.write_text(
+        'import time\n'
+        'print("|  run  |  epoch  |  tta_val_acc  |  time_seconds  |")\n'
+        'for run, acc in ((0, 0.9401), (1, 0.9395)):\n'
+        '    print(f"|  {run}  |  1  |  |  1.0  |")\n'
+        '    print(f"|  |  eval  |  {acc}  |  3.{run}  |", flush=True)\n'
+        'time.sleep(600)  # the other 198 runs\n')
+    args = reproduce.parse_args(['--smoke', '--device', 'cpu', '--data-dir', cifar_dir, '--out', str(tmp_path / 'out'),
+                                 '--stage-timeout-min', '0.5'])
+    ctx = reproduce.Context(args, 'airbench')
+    work = tmp_path / 'out' / 'airbench' / 'airbench94_muon'
+    theirs = reproduce.run_airbench_script(ctx, str(script), 'airbench94_muon', str(work))  # the stage's timeout would raise
+    assert theirs['stopped_early'] and theirs['acc']['n'] == 2 and theirs['time_s']['median'] == 3.05
+    assert theirs['script_sha256'] == hashlib.sha256(script.read_bytes()).hexdigest()
+    assert '# stopped after' in (tmp_path / 'out' / 'airbench' / 'log.txt').read_text()
+    assert not (work / 'cifar10').exists(), 'the cache written for it is deleted'
+
+
 def test_an_airbench_script_that_is_not_there_stops_the_run_before_any_stage(tmp_path, cifar_dir, capsys):
     assert reproduce.main(['--smoke', '--device', 'cpu', '--data-dir', cifar_dir, '--out', str(tmp_path / 'out'),
                            '--airbench', FAKE_AIRBENCH, str(tmp_path / 'airbench94_muon.py')]) == 2
