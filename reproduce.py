@@ -16,7 +16,8 @@ within it every seed already finished in OUT is not run again, so no work is los
 counted twice. Only runs of the same code are pooled: a record whose code (env.json's per-file
 hashes of what train.py imported) differs from the code now is set aside and its seeds run again,
 and a stage completed with other code runs again (keeping its records of unchanged code), so a
-fix made between two attempts never mixes with the runs it fixed.
+fix made between two attempts never mixes with the runs it fixed. OUT may be moved between two
+attempts (its records are pooled by the folder they are in, not by the path they were written to).
 
 --budget-min M stops the whole run after M minutes (as SIGTERM from `timeout` does): the running
 command gets Ctrl-C and keeps its finished runs, OUT is packed, the exit code is 3, and the same
@@ -251,14 +252,17 @@ def contiguous_blocks(seeds):
 
 
 def without_seeds(argv):
-    """A train.py command line less what may differ between the calls of one group: --seed, --runs, --data-dir."""
+    """A train.py command line less what may differ between the calls of one group: --seed and --runs,
+    and the paths (--data-dir, --out-dir), so that an OUT moved elsewhere (a GPU's records unpacked
+    into results/, resumed there) still pools its records: a record's folder already says which
+    group it belongs to."""
     kept, skip = [], False
     for arg in argv:
         if skip:
             skip = False
-        elif arg in ('--seed', '--runs', '--data-dir'):
+        elif arg in ('--seed', '--runs', '--data-dir', '--out-dir'):
             skip = True
-        elif not arg.startswith(('--seed=', '--runs=', '--data-dir=')):
+        elif not arg.startswith(('--seed=', '--runs=', '--data-dir=', '--out-dir=')):
             kept.append(arg)
     return kept
 
@@ -742,8 +746,19 @@ def parse_args(argv):
     return ap.parse_args(argv)
 
 
+def absolute_paths(args):
+    """The paths given mean paths from where reproduce.py was started, but the stages run their
+    commands from the repository's root (train.py, bench_blf.py and profile.py take the same paths):
+    every path goes on absolute, so that a run started from another folder neither writes its
+    records into the repository nor looks for them where they are not."""
+    args.out, args.data_dir = os.path.abspath(args.out), os.path.abspath(args.data_dir)
+    args.copy_pack_to = args.copy_pack_to and os.path.abspath(args.copy_pack_to)
+    args.airbench = [os.path.abspath(path) for path in args.airbench]
+
+
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
+    absolute_paths(args)
     if args.list:
         list_stages(args.out)
         return 0

@@ -121,7 +121,7 @@ def test_seeds_go_to_train_py_in_contiguous_blocks_and_commands_compare_without_
     assert reproduce.contiguous_blocks([0, 1, 2, 5, 6, 9]) == [(0, 3), (5, 2), (9, 1)]
     assert reproduce.contiguous_blocks([]) == []
     assert reproduce.without_seeds(['train.py', '--seed', '3', '--epochs', '30', '--runs=2', '--data-dir', '/a',
-                                    '--blf', '0.9']) == ['train.py', '--epochs', '30', '--blf', '0.9']
+                                    '--out-dir=/b', '--blf', '0.9']) == ['train.py', '--epochs', '30', '--blf', '0.9']
 
 
 def fake_train_py(calls, cut_after=None):
@@ -136,6 +136,8 @@ def fake_train_py(calls, cut_after=None):
         for argv in invocations:
             value = lambda flag: argv[argv.index(flag) + 1]
             seed, runs, out = int(value('--seed')), int(value('--runs')), value('--out-dir')
+            # the real command runs from the repo root, not from where reproduce.py was started
+            assert os.path.isabs(out) and os.path.isabs(value('--data-dir')), argv
             calls.append((seed, runs))
             record = os.path.join(out, f'record-{len(calls)}')
             os.makedirs(record)
@@ -178,6 +180,33 @@ def test_a_stage_cut_by_the_budget_resumes_its_missing_seeds_and_counts_none_twi
     summary = (tmp_path / 'summary.md').read_text()
     assert 'incomplete: --budget-min is spent' in summary and 'in all attempts): five runs' in summary
     assert reproduce.main(args) == 0 and calls == [(0, 5), (2, 3)]
+
+
+def test_relative_paths_mean_the_starting_folder_and_a_moved_out_resumes(tmp_path, cifar_dir, monkeypatch):
+    """Started from another folder with relative --out and --data-dir, the records land in that
+    folder's OUT (the commands run from the repo root, so they get absolute paths); an OUT moved
+    elsewhere (a GPU's records unpacked into results/) resumes there and pools what it holds."""
+    calls = []
+    monkeypatch.setattr(reproduce.Context, 'run', fake_train_py(calls, cut_after=2))
+    monkeypatch.setitem(reproduce.STAGES, 'core', (five_runs_stage, 'five runs', 1, False))
+    os.symlink(cifar_dir, tmp_path / 'cifar')
+    monkeypatch.chdir(tmp_path)
+    args = ['--device', 'cuda', '--data-dir', 'cifar', '--stage', 'core']
+    assert reproduce.main([*args, '--out', 'first']) == 3
+    assert len(list((tmp_path / 'first' / 'core' / 'group').iterdir())) == 1
+    shutil.move(tmp_path / 'first', tmp_path / 'moved')
+    assert reproduce.main([*args, '--out', 'moved']) == 0
+    assert calls == [(0, 5), (2, 3)], 'the moved records count: only the seeds they lack run'
+    done = json.loads((tmp_path / 'moved' / 'core' / 'done.json').read_text())
+    assert done['status'] == 'ok' and done['figures']['group']['acc']['n'] == 5
+
+
+def test_a_stage_run_from_another_folder_finds_what_its_command_wrote(tmp_path, cifar_dir):
+    res = subprocess.run([sys.executable, str(REPO / 'reproduce.py'), '--smoke', '--device', 'cpu', '--data-dir', cifar_dir,
+                          '--out', 'rel', '--stage', 'bench'], cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    assert json.loads((tmp_path / 'rel' / 'bench' / 'done.json').read_text())['status'] == 'ok'
+    assert not (REPO / 'rel').exists()
 
 
 def test_the_blf_stage_runs_its_seeds_interleaved_in_one_process_and_resumes_the_missing_one(
