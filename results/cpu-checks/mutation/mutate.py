@@ -25,6 +25,7 @@ DATA_TESTS = ['tests/test_data.py', 'tests/test_mix.py']
 STATS_TESTS = ['tests/test_stats.py', 'tests/test_summarize.py']
 SUMMARY_TESTS = ['tests/test_summarize.py', 'tests/test_reproduce.py']
 RECORD_TESTS = ['tests/test_cli.py', 'tests/test_reproduce.py', 'tests/test_distributed.py']
+REPRODUCE_TESTS = ['tests/test_reproduce.py']
 OPT_TESTS = ['tests/test_optim.py', 'tests/test_optimizers.py', 'tests/test_loss_scale.py', 'tests/test_model.py']
 
 # (id, file, old text (must occur exactly once), new text, the bug it stands for, the tests to run)
@@ -209,6 +210,54 @@ MUTANTS = [
      "a new .py file not yet in git is left out of the record's git.diff", RECORD_TESTS),
     ('R6', 'record.py', "key=lambda r: r['seed'])", "key=lambda r: r['rank'])",
      "several ranks' runs written in rank order, not seed order", RECORD_TESTS),
+    # reproduce.py: what runs on the lent GPU, what is resumed, what is pooled into a figure
+    ('P1', 'reproduce.py', 'if blocks and blocks[-1][0] + blocks[-1][1] == s:', 'if blocks and blocks[-1][0] + blocks[-1][1] <= s:',
+     'a gap between missing seeds is bridged: finished seeds run again', REPRODUCE_TESTS),
+    ('P2', 'reproduce.py', "elif arg in ('--seed', '--runs', '--data-dir', '--out-dir'):", "elif arg in ('--seed', '--runs', '--out-dir'):",
+     "the data folder's path counts as a setting: records made from another copy fail the stage", REPRODUCE_TESTS),
+    ('P3', 'reproduce.py', 'changed = code_changed_since(record)', 'changed = []',
+     'records of other code are pooled with the new ones', REPRODUCE_TESTS),
+    ('P4', 'reproduce.py', '            set_aside(out, record, str(e), log)\n', '            raise StageFailed(str(e))\n',
+     'a torn record fails the stage at every attempt instead of being set aside', REPRODUCE_TESTS),
+    ('P5', 'reproduce.py', 'missing = [s for s in wanted if s not in finished]', 'missing = list(wanted)',
+     'a resumed stage runs its finished seeds again', REPRODUCE_TESTS),
+    ('P6', 'reproduce.py', '            if not changed:\n', '            if True:\n',
+     'a completed stage is skipped although its code changed', REPRODUCE_TESTS),
+    ('P7', 'reproduce.py', 'left < STAGES[name][2] <= args.budget_min', 'left < STAGES[name][2]',
+     'a stage whose estimate exceeds a whole budget is deferred forever', REPRODUCE_TESTS),
+    ('P8', 'reproduce.py', 'elif current == digest and (m := re.match(', 'elif (m := re.match(',
+     'a GPU test that passed with other code is not run again after a fix', REPRODUCE_TESTS),
+    ('P9', 'reproduce.py', '    if missing_data:\n', '    if False:\n',
+     'GPU tests that skip for lack of data pass the tests stage', REPRODUCE_TESTS),
+    ('P10', 'reproduce.py', "xfailed)', lines[-1])}", "xfailed)', lines[0])}",
+     "the tests stage's counts come from the first line naming one, not pytest's closing line", REPRODUCE_TESTS),
+    ('P11', 'reproduce.py', "== 'eval' and run != 'warmup':", "== 'eval':",
+     "airbench's untimed warm-up run counts among its runs", REPRODUCE_TESTS),
+    ('P12', 'reproduce.py', 'stop_after=ctx.seconds_left() / 3)', 'stop_after=ctx.seconds_left())',
+     'a published script may take all the time left, none for our recipe', REPRODUCE_TESTS),
+    ('P13', 'reproduce.py', "total = minutes + before.get('minutes_all_attempts', before.get('minutes', 0))", 'total = minutes',
+     "a resumed stage's minutes forget its earlier attempts (the --list figures)", REPRODUCE_TESTS),
+    ('P14', 'reproduce.py', 'if name not in (PACK, PACK + \'.part\'):', 'if name != PACK + \'.part\':',
+     'each pack holds the previous pack, growing every stage', REPRODUCE_TESTS),
+    ('P15', 'reproduce.py', 'if check and proc.returncode != 0:', 'if check and proc.returncode < 0:',
+     'a command that exits with an error (not a signal) passes its stage', REPRODUCE_TESTS),
+    ('P16', 'reproduce.py', 'args.out, args.data_dir = os.path.abspath(args.out), os.path.abspath(args.data_dir)', 'pass',
+     'relative paths reach commands that run from the repository root', REPRODUCE_TESTS),
+    ('P17', 'reproduce.py', 'for seed in seeds for name, flags in BLF_CONFIGS.items()]',
+     'for name, flags in BLF_CONFIGS.items() for seed in seeds]',
+     "the blf stage's seeds not interleaved: a drifting machine favours one configuration", REPRODUCE_TESTS),
+    ('P18', 'reproduce.py', 'if set(args.stage or STAGES) - NEEDS_NO_DATA and not', 'if set(args.stage or STAGES) and not',
+     "bench refuses to run before the data set is there (the GPU plan's first call)", REPRODUCE_TESTS),
+    ('P19', 'reproduce.py', "(self.budget_end, 'budget')]", "(None, 'budget')]",
+     'a running command ignores --budget-min', REPRODUCE_TESTS),
+    ('P20', 'reproduce.py', '        proc.send_signal(signal.SIGINT)\n', '        proc.kill()\n',
+     'a command out of time is killed, not stopped with Ctrl-C: its record does not close', REPRODUCE_TESTS),
+    ('P21', 'reproduce.py', "    if group['pooling']:", '    if False:',
+     'a figure rests on a group that pools what must not be pooled', REPRODUCE_TESTS),
+    ('P22', 'reproduce.py', "for rel in glob.glob(pattern, root_dir=HERE)} - {'reproduce.py'}",
+     "for rel in glob.glob(pattern, root_dir=HERE)}", 'an edit of reproduce.py reruns every completed stage', REPRODUCE_TESTS),
+    ('P23', 'reproduce.py', "deselect = [arg for node in sorted(passed_before) for arg in ('--deselect', node)]", 'deselect = []',
+     'GPU tests that passed in an earlier attempt run again', REPRODUCE_TESTS),
 ]
 
 
