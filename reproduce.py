@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tarfile
 import time
+import traceback
 
 import summarize
 
@@ -486,8 +487,7 @@ def stage_bench(ctx):
     """BLF's kernels against the torch reference and as a share of a training step."""
     out = os.path.join(ctx.dir, 'bench')
     flags = (['--device', 'cpu'] + SMOKE_BENCH) if ctx.smoke else ['--device', ctx.device, '--batch-sizes', '512,1024']
-    ctx.run([sys.executable, 'bench_blf.py', '--out', out, *flags])
-    (folder,) = [os.path.join(out, d) for d in os.listdir(out)]
+    folder = run_into_new_folder(ctx, [sys.executable, 'bench_blf.py', '--out', out, *flags], out, 'bench-')
     with open(os.path.join(folder, 'bench.csv')) as fh:
         rows = [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
     line = '; '.join(f'B={int(r["batch"])}: triton {r["triton_ms"]:.3f} ms vs torch {r["torch_ms"]:.3f} ms '
@@ -508,9 +508,23 @@ def stage_blf(ctx):
 def stage_profile(ctx):
     """profile.py at batch 256, 512 and 1024 with the torch profiler's summary."""
     flags = (['--device', 'cpu'] + SMOKE_PROFILE) if ctx.smoke else ['--device', ctx.device, '--batch-sizes', '256,512,1024']
-    ctx.run([sys.executable, 'profile.py', '--data-dir', ctx.args.data_dir, '--torch-profiler', '--out', ctx.dir, *flags])
-    (folder,) = [d for d in os.listdir(ctx.dir) if d.startswith('profile-')]
+    cmd = [sys.executable, 'profile.py', '--data-dir', ctx.args.data_dir, '--torch-profiler', '--out', ctx.dir, *flags]
+    folder = os.path.basename(run_into_new_folder(ctx, cmd, ctx.dir, 'profile-'))
     return {'folder': folder}, f'see profile/{folder}/profile.md'
+
+
+def run_into_new_folder(ctx, cmd, parent, prefix):
+    """Run a command that writes its results into a new folder <prefix><time> in `parent`; that
+    folder. The folders of earlier attempts (one cut short, or one of code changed since) stay
+    beside it, kept and not read."""
+    def folders():
+        return {d for d in os.listdir(parent) if d.startswith(prefix)} if os.path.isdir(parent) else set()
+    before = folders()
+    ctx.run(cmd)
+    made = sorted(folders() - before)
+    if len(made) != 1:
+        raise StageFailed(f'{shlex.join(cmd[1:])} made {len(made)} new {prefix}* folders in {parent}, not one')
+    return os.path.join(parent, made[0])
 
 
 def stage_recipes(ctx):
@@ -828,6 +842,12 @@ def run_stages(args, summary_path):
         except (OutOfTime, KeyboardInterrupt) as e:
             stopped = str(e) or 'interrupted (Ctrl-C)'
             figures, line, status = {}, f'incomplete: {stopped}; its finished runs are kept and a second run resumes it', 'incomplete'
+        except Exception as e:  # a bug in the stage's own code: its traceback to its log, and the stages after it still run
+            os.makedirs(os.path.join(args.out, name), exist_ok=True)
+            with open(os.path.join(args.out, name, 'log.txt'), 'a') as log:
+                traceback.print_exc(file=log)
+            figures, line, status = {}, f'FAILED: {type(e).__name__} in reproduce.py: {e} (the traceback is in its log.txt)', 'failed'
+            failed.append(name)
         minutes = (time.monotonic() - stage_start) / 60
         total = minutes + before.get('minutes_all_attempts', before.get('minutes', 0))
         with open(done_path, 'w') as fh:

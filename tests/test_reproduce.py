@@ -15,6 +15,7 @@ import pytest
 
 import reproduce
 from conftest import REPO, SHARED, run_script
+import record
 from record import code_hash, code_hashes, loaded_code
 
 
@@ -117,6 +118,23 @@ def test_a_failed_stage_is_reported_and_runs_again(tmp_path, cifar_dir, monkeypa
     assert (tmp_path / 'summary.md').read_text().count('FAILED: on purpose') == 2
 
 
+def test_a_stage_that_crashes_fails_alone_with_its_traceback_logged_and_the_next_stage_runs(tmp_path, cifar_dir, monkeypatch):
+    ran = []
+
+    def crashing(ctx):
+        ran.append('bench')
+        return {}['a bug']
+    monkeypatch.setitem(reproduce.STAGES, 'bench', (crashing, 'a stage with a bug', 1, False))
+    monkeypatch.setitem(reproduce.STAGES, 'blf', (lambda ctx: ran.append('blf') or ({}, 'fine'), 'after it', 1, False))
+    assert reproduce.main(['--smoke', '--device', 'cpu', '--data-dir', cifar_dir, '--out', str(tmp_path),
+                           '--stage', 'bench', 'blf']) == 1
+    assert ran == ['bench', 'blf'] and (tmp_path / reproduce.PACK).is_file()
+    assert json.loads((tmp_path / 'bench' / 'done.json').read_text())['status'] == 'failed'
+    assert json.loads((tmp_path / 'blf' / 'done.json').read_text())['status'] == 'ok'
+    assert "FAILED: KeyError in reproduce.py: 'a bug'" in (tmp_path / 'summary.md').read_text()
+    assert 'Traceback' in (tmp_path / 'bench' / 'log.txt').read_text()
+
+
 def test_seeds_go_to_train_py_in_contiguous_blocks_and_commands_compare_without_them():
     assert reproduce.contiguous_blocks([0, 1, 2, 5, 6, 9]) == [(0, 3), (5, 2), (9, 1)]
     assert reproduce.contiguous_blocks([]) == []
@@ -201,12 +219,38 @@ def test_relative_paths_mean_the_starting_folder_and_a_moved_out_resumes(tmp_pat
     assert done['status'] == 'ok' and done['figures']['group']['acc']['n'] == 5
 
 
-def test_a_stage_run_from_another_folder_finds_what_its_command_wrote(tmp_path, cifar_dir):
-    res = subprocess.run([sys.executable, str(REPO / 'reproduce.py'), '--smoke', '--device', 'cpu', '--data-dir', cifar_dir,
-                          '--out', 'rel', '--stage', 'bench'], cwd=tmp_path, capture_output=True, text=True, timeout=600)
-    assert res.returncode == 0, res.stderr
-    assert json.loads((tmp_path / 'rel' / 'bench' / 'done.json').read_text())['status'] == 'ok'
-    assert not (REPO / 'rel').exists()
+def test_bench_and_profile_read_the_folder_their_command_made_and_keep_the_earlier_ones(tmp_path, cifar_dir, monkeypatch):
+    """bench_blf.py and profile.py each make a new folder per call: a stage run again (cut short
+    after its command made its folder, or its code changed since) finds an earlier attempt's folder
+    beside the new one. It reads the new one, keeps both, and never stops with a traceback."""
+    made = []
+
+    def run(self, cmd, **kwargs):
+        script = os.path.basename(cmd[1])
+        assert all(os.path.isabs(cmd[cmd.index(flag) + 1]) for flag in ('--out', '--data-dir') if flag in cmd), cmd
+        folder = record.new_folder(cmd[cmd.index('--out') + 1], prefix=script.split('_')[0].replace('.py', '') + '-')
+        made.append(folder)
+        if script == 'bench_blf.py':
+            with open(os.path.join(folder, 'bench.csv'), 'w') as fh:
+                fh.write('batch,triton_ms,torch_ms,speedup,overhead_pct\n' + f'512,{len(made)},2,1,1\n')
+        if len(made) == 1:
+            raise reproduce.OutOfTime('--budget-min is spent')
+        return 0, ''
+    monkeypatch.setattr(reproduce.Context, 'run', run)
+    monkeypatch.chdir(tmp_path)
+    args = ['--device', 'cuda', '--data-dir', cifar_dir, '--out', 'out', '--stage', 'bench', 'profile']
+    assert reproduce.main(args) == 3
+    assert reproduce.main(args) == 0
+    done = tmp_path / 'out' / 'bench' / 'done.json'
+    assert json.loads(done.read_text())['figures']['rows'][0]['triton_ms'] == 2
+    state = json.loads(done.read_text())
+    state['code']['train.py'] = 'another version'
+    done.write_text(json.dumps(state))
+    assert reproduce.main(args[:-1]) == 0
+    assert json.loads(done.read_text())['figures']['rows'][0]['triton_ms'] == 4
+    assert sorted(os.listdir(tmp_path / 'out' / 'bench' / 'bench')) == sorted(os.path.basename(f) for f in made if 'bench-' in f)
+    profile = json.loads((tmp_path / 'out' / 'profile' / 'done.json').read_text())
+    assert profile['status'] == 'ok' and profile['figures']['folder'] == os.path.basename(made[2])
 
 
 def test_the_blf_stage_runs_its_seeds_interleaved_in_one_process_and_resumes_the_missing_one(
