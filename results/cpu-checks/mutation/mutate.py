@@ -25,10 +25,15 @@ DATA_TESTS = ['tests/test_data.py', 'tests/test_mix.py']
 STATS_TESTS = ['tests/test_stats.py', 'tests/test_summarize.py']
 SUMMARY_TESTS = ['tests/test_summarize.py', 'tests/test_reproduce.py']
 RECORD_TESTS = ['tests/test_cli.py', 'tests/test_reproduce.py', 'tests/test_distributed.py']
-REPRODUCE_TESTS = ['tests/test_reproduce.py']
+# reproduce.py's tests in two passes: first those that run no real stage (a few seconds each), then
+# the whole file, the smoke run of every stage included (minutes), for a mutant the first pass missed
+REPRODUCE_QUICK = ('not every_record_names and not everything_is_packed and not smoke_runs and not second_run_resumes '
+                   'and not airbench_stage_runs_the_script and not sigterm_to_the_process_group')
+REPRODUCE_TESTS = [['tests/test_reproduce.py', '-k', REPRODUCE_QUICK], ['tests/test_reproduce.py']]
 OPT_TESTS = ['tests/test_optim.py', 'tests/test_optimizers.py', 'tests/test_loss_scale.py', 'tests/test_model.py']
 
-# (id, file, old text (must occur exactly once), new text, the bug it stands for, the tests to run)
+# (id, file, old text (must occur exactly once), new text, the bug it stands for, the tests to run:
+# pytest's arguments, or a list of such passes, each run only when the one before it passed)
 MUTANTS = [
     # kernels/selection.py: the top-loss selection
     ('S1', 'kernels/selection.py', 'descending=True)', 'descending=False)', 'sorts the losses ascending', KERNEL_TESTS),
@@ -258,6 +263,10 @@ MUTANTS = [
      "for rel in glob.glob(pattern, root_dir=HERE)}", 'an edit of reproduce.py reruns every completed stage', REPRODUCE_TESTS),
     ('P23', 'reproduce.py', "deselect = [arg for node in sorted(passed_before) for arg in ('--deselect', node)]", 'deselect = []',
      'GPU tests that passed in an earlier attempt run again', REPRODUCE_TESTS),
+    ('P24', 'reproduce.py', 'made = sorted(folders() - before)', 'made = sorted(folders())',
+     "bench or profile run again reads an earlier attempt's folder, or stops", REPRODUCE_TESTS),
+    ('P25', 'reproduce.py', '                traceback.print_exc(file=log)\n', '                pass\n',
+     "a stage that crashes leaves no traceback in its log", REPRODUCE_TESTS),
 ]
 
 
@@ -296,9 +305,12 @@ def main():
                     fh.write(original.replace(old, new))
                 start = time.time()
                 try:
-                    out = run([sys.executable, '-m', 'pytest', '-x', '-q', '-p', 'no:cacheprovider', '-W', 'ignore', *tests],
-                              tree, timeout=args.timeout, env=env)
-                    code, text = out.returncode, out.stdout
+                    for test_args in (tests if isinstance(tests[0], list) else [tests]):
+                        out = run([sys.executable, '-m', 'pytest', '-x', '-q', '-p', 'no:cacheprovider', '-W', 'ignore',
+                                   *test_args], tree, timeout=args.timeout, env=env)
+                        code, text = out.returncode, out.stdout
+                        if code != 0:
+                            break
                 except subprocess.TimeoutExpired:
                     code, text = 'timeout', ''
                 finally:
