@@ -711,6 +711,23 @@ def test_the_tests_stage_does_not_run_again_what_passed_in_an_earlier_attempt(tm
 
 
 
+def test_the_tests_stage_counts_from_pytests_closing_line_and_fails_when_a_test_lacks_the_data(tmp_path, monkeypatch):
+    args = reproduce.parse_args(['--device', 'cuda', '--data-dir', str(tmp_path), '--out', str(tmp_path / 'out')])
+    ctx = reproduce.Context(args, 'tests')
+    head = ('collected 460 items / 447 deselected / 13 selected\n'
+            'tests/test_kernels.py::test_gpu_kernels_match_reference[dtype0] PASSED          [  7%]\n')
+    outputs = [head + '============ 13 passed, 447 deselected in 61.2s ============\n',
+               head + 'tests/test_model.py::test_gpu_epoch_has_no_host_sync SKIPPED (CIFAR-10 not found: put it...) [ 14%]\n'
+                      '=========================== short test summary info ============================\n'
+                      'SKIPPED [1] tests/conftest.py:52: CIFAR-10 not found: put it in data/ or set CIFAR10_DIR\n'
+                      '============ 12 passed, 1 skipped, 447 deselected in 60.8s ============\n']
+    monkeypatch.setattr(ctx, 'run', lambda cmd, **kwargs: (0, outputs.pop(0)))
+    counts, line = reproduce.stage_tests(ctx)
+    assert counts == {'passed': 13, 'deselected': 447} and line == 'gpu tests: 13 passed, 447 deselected'
+    with pytest.raises(reproduce.StageFailed, match='1 GPU test\\(s\\) skipped for lack of data'):
+        reproduce.stage_tests(ctx)
+
+
 def test_sigterm_to_the_process_group_mid_stage_then_a_rerun_finishes_it_without_repeating_a_seed(tmp_path, cifar_dir):
     """End to end, as `timeout` stops a job (SIGTERM to the whole process group): the real train.py
     closes its record with seed 0, reproduce.py packs and exits 3; the same command then runs seed 1
