@@ -135,6 +135,16 @@ def test_a_stage_that_crashes_fails_alone_with_its_traceback_logged_and_the_next
     assert 'Traceback' in (tmp_path / 'bench' / 'log.txt').read_text()
 
 
+def test_a_command_that_exits_with_an_error_fails_its_stage_and_its_output_is_logged(tmp_path):
+    args = reproduce.parse_args(['--device', 'cuda', '--out', str(tmp_path)])
+    ctx = reproduce.Context(args, 'core')
+    cmd = [sys.executable, '-c', 'import sys; print("error: bad flag"); sys.exit(2)']
+    with pytest.raises(reproduce.StageFailed, match='exited with 2'):
+        ctx.run(cmd)
+    assert ctx.run(cmd, check=False) == (2, 'error: bad flag\n')
+    assert (tmp_path / 'core' / 'log.txt').read_text().splitlines().count('error: bad flag') == 2
+
+
 def test_seeds_go_to_train_py_in_contiguous_blocks_and_commands_compare_without_them():
     assert reproduce.contiguous_blocks([0, 1, 2, 5, 6, 9]) == [(0, 3), (5, 2), (9, 1)]
     assert reproduce.contiguous_blocks([]) == []
