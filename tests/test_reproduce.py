@@ -353,6 +353,14 @@ def test_a_record_of_other_code_is_set_aside_and_one_of_unchanged_code_is_kept(t
     assert json.loads((tmp_path / 'core' / 'done.json').read_text())['figures']['group']['acc']['n'] == 5
 
 
+def test_a_completed_stage_is_of_the_code_it_ran_less_the_runner_itself():
+    """An edit of the runner (a message, a new stage) does not redo the stages it completed: their
+    figures rest on the records and the code that made them; every other Python file counts."""
+    code = reproduce.repo_code()
+    assert 'reproduce.py' not in code
+    assert {'train.py', 'kernels/selection.py', 'bench_blf.py', 'tests/test_blf.py', 'summarize.py'} <= code.keys()
+
+
 def test_a_figure_never_rests_on_a_group_that_pools_a_seed_twice(tmp_path):
     for name in ('r1', 'r2'):
         (tmp_path / name).mkdir()
