@@ -441,13 +441,17 @@ def test_losses_spanning_1e_minus_30_to_1e30(p):
 
 def test_confident_network_fp16_losses_at_p_1():
     """The review's case: per-sample losses of fp16 logits of a confident network, B = 1024, p = 1.
-    The rule keeps every positive loss (fp32 sums gave 904 and 963 where the rule gives 1006)."""
+    The rule keeps every positive loss (fp32 sums gave 904 and 963 where the rule gives 1006).
+    Whether the most confident rows come out as exactly 0 depends on the CPU's vectorised
+    log-softmax: AVX-512 machines gave 18 zeros, an AVX2 one none (2^-23 at least). So 18 rows are
+    set to 0 here, as many as the review's batch held, on every machine."""
     g = gen(1006)
     labels = torch.randint(0, 10, (1024,), generator=g)
     logits = torch.randn(1024, 10, generator=g) * 2
     logits[torch.arange(1024), labels] += 6 + 10 * torch.rand(1024, generator=g)  # margins of 6..16
     losses, _ = reference.cross_entropy_forward(logits.half(), labels)
-    assert 0 < int((losses == 0).sum()) < 100 and losses.max() > 100 * losses[losses > 0].min()
+    losses[losses.argsort()[:18]] = 0.0  # the smallest losses, as a confident network's exact zeros
+    assert int((losses == 0).sum()) == 18 and losses.max() > 100 * losses[losses > 0].min()
     for p in (0.999, 1.0):
         k, k_rule = check_exact(losses, p)
         assert k == k_rule
