@@ -741,10 +741,13 @@ def list_stages(out):
 
 
 def parse_args(argv):
+    # paths mean paths from the folder reproduce.py starts in, but the stages run their commands from
+    # the repository's root: every path is made absolute here, so a run started elsewhere neither
+    # writes its records into the repository nor looks for them where they are not
     ap = argparse.ArgumentParser(description=__doc__.split('\n')[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    ap.add_argument('--data-dir', default='data', help='folder with cifar-10-batches-py/ (as train.py)')
-    ap.add_argument('--out', default='runs/reproduce', help='where the stages write; a second run resumes here')
+    ap.add_argument('--data-dir', default='data', type=os.path.abspath, help='folder with cifar-10-batches-py/ (as train.py)')
+    ap.add_argument('--out', default='runs/reproduce', type=os.path.abspath, help='where the stages write; a second run resumes here')
     ap.add_argument('--stage', nargs='+', choices=list(STAGES), help='only these stages (default: all, in order)')
     ap.add_argument('--budget-min', type=float, default=None,
                     help='stop after this many minutes: the running command gets Ctrl-C and keeps its finished runs, '
@@ -753,26 +756,15 @@ def parse_args(argv):
     ap.add_argument('--device', default='cuda', help='cuda, cuda:N or cpu (cpu only with --smoke)')
     ap.add_argument('--smoke', action='store_true', help='every stage at toy size (CPU tests and CI)')
     ap.add_argument('--list', action='store_true', help='list the stages and exit (with the minutes each took in --out)')
-    ap.add_argument('--copy-pack-to', metavar='DIR', help='also copy reproduce.tgz into DIR after every stage '
+    ap.add_argument('--copy-pack-to', metavar='DIR', type=os.path.abspath, help='also copy reproduce.tgz into DIR after every stage '
                                                          '(a job\'s output folder, e.g. $OUT on the lent GPU)')
-    ap.add_argument('--airbench', nargs='+', default=[], metavar='PATH',
+    ap.add_argument('--airbench', nargs='+', default=[], metavar='PATH', type=os.path.abspath,
                     help='local copies of published airbench scripts (airbench94.py, airbench94_muon.py) for the airbench stage')
     return ap.parse_args(argv)
 
 
-def absolute_paths(args):
-    """The paths given mean paths from where reproduce.py was started, but the stages run their
-    commands from the repository's root (train.py, bench_blf.py and profile.py take the same paths):
-    every path goes on absolute, so that a run started from another folder neither writes its
-    records into the repository nor looks for them where they are not."""
-    args.out, args.data_dir = os.path.abspath(args.out), os.path.abspath(args.data_dir)
-    args.copy_pack_to = args.copy_pack_to and os.path.abspath(args.copy_pack_to)
-    args.airbench = [os.path.abspath(path) for path in args.airbench]
-
-
 def main(argv=None):
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    absolute_paths(args)
     if args.list:
         list_stages(args.out)
         return 0

@@ -246,7 +246,7 @@ MUTANTS = [
      'each pack holds the previous pack, growing every stage', REPRODUCE_TESTS),
     ('P15', 'reproduce.py', 'if check and proc.returncode != 0:', 'if check and proc.returncode < 0:',
      'a command that exits with an error (not a signal) passes its stage', REPRODUCE_TESTS),
-    ('P16', 'reproduce.py', 'args.out, args.data_dir = os.path.abspath(args.out), os.path.abspath(args.data_dir)', 'pass',
+    ('P16', 'reproduce.py', "default='runs/reproduce', type=os.path.abspath,", "default='runs/reproduce',",
      'relative paths reach commands that run from the repository root', REPRODUCE_TESTS),
     ('P17', 'reproduce.py', 'for seed in seeds for name, flags in BLF_CONFIGS.items()]',
      'for name, flags in BLF_CONFIGS.items() for seed in seeds]',
