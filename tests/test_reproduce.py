@@ -576,9 +576,17 @@ def documented_call(number):
     text = (REPO / 'results' / 'README.md').read_text()
     block = text.split(f'**Call {number}**', 1)[1].split('```bash\n', 1)[1].split('```', 1)[0]
     line = next(line for line in block.splitlines() if 'reproduce.py' in line)
-    words = shlex.split(line.split('2>&1')[0])
+    # The tool gives $OUT as an absolute folder, and the call runs from the repository root, which is
+    # where reproduce.py's relative paths start.
+    words = shlex.split(line.split('2>&1')[0].replace('$OUT', '/OUT'))
     timeout = int(words[words.index('timeout') + 1])
-    return block, timeout, reproduce.parse_args(words[words.index('reproduce.py') + 1:])
+    cwd = os.getcwd()
+    os.chdir(REPO)
+    try:
+        args = reproduce.parse_args(words[words.index('reproduce.py') + 1:])
+    finally:
+        os.chdir(cwd)
+    return block, timeout, args
 
 
 def test_the_documented_gpu_calls_fit_the_device_tool_and_stop_before_it_does():
@@ -588,17 +596,18 @@ def test_the_documented_gpu_calls_fit_the_device_tool_and_stop_before_it_does():
     first, second = documented_call(1), documented_call(2)
     for block, timeout, args in (first, second):
         assert len('; '.join(block.strip().splitlines())) <= 2000
-        assert args.copy_pack_to == '$OUT' and args.out == first[2].out
+        assert args.copy_pack_to == '/OUT' and args.out == first[2].out
         assert 60 * args.budget_min + reproduce.STOP_GRACE_S + 30 <= timeout <= 570
     assert first[2].stage and set(first[2].stage) <= reproduce.NEEDS_NO_DATA
     assert second[2].stage is None, 'call 2 runs every stage in order until its budget ends'
     assert f'unpack.py {second[2].data_dir}' in second[0]
     assert f'cp -r results/nvidia-h200/reproduce {os.path.dirname(first[2].out)}' in first[0], \
         'call 1 resumes from the committed pack'
-    assert second[2].airbench and all(path.startswith('.airbench/') for path in second[2].airbench)
-    ignored = subprocess.run(['git', 'check-ignore', '--no-index', *second[2].airbench], cwd=REPO,
+    airbench = [os.path.relpath(path, REPO) for path in second[2].airbench]
+    assert airbench and all(path.startswith('.airbench/') for path in airbench)
+    ignored = subprocess.run(['git', 'check-ignore', '--no-index', *airbench], cwd=REPO,
                              capture_output=True, text=True).stdout.split()
-    assert ignored == second[2].airbench, 'the published scripts are carried to the machine, never committed'
+    assert ignored == airbench, 'the published scripts are carried to the machine, never committed'
 
 
 def test_the_airbench_stage_runs_the_script_on_our_data_then_our_recipe_and_keeps_none_of_its_code(smoke):
