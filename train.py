@@ -159,7 +159,8 @@ def warm_up(hyp, data, device, dtype, backend=None, steps=3):
     gathers, where, masked_fill) and the allocator's segments for an augmented epoch (about 1.5 GB
     in fp16) all happen here, not in epoch 1 of a timed run. It trains a few steps on real augmented
     batches from data.train_batches, in two epochs (the second reuses the first's memory, as the
-    run's epochs do), then every compact kept-batch size and the evaluation shapes; with a whitening
+    run's epochs do), then every compact kept-batch size (one on a CPU without --compile, where no
+    shape compiles anything) and the evaluation shapes; with a whitening
     bias that freezes part way (airbench94), the steps and shapes once more with it frozen (under
     --compile that is another set of graphs). The model and optimiser are thrown away; train_run
     reseeds the data, so the runs' streams do not depend on it."""
@@ -178,9 +179,12 @@ def warm_up(hyp, data, device, dtype, backend=None, steps=3):
             train_epoch(model, opt, batches, settings, hyp, **extras)
         x, y = batches[-1]
         if blf is not None:
-            sizes = [bs] if hyp['blf_mode'] == 'mask' else sorted(
-                {min(bs, k) for k in range(hyp['blf_bucket'], bs + hyp['blf_bucket'], hyp['blf_bucket']) if k > blf.n_bottom})
-            for size in sizes:  # compact: every kept-batch shape the run can meet
+            sizes = compact_sizes(hyp, blf.n_bottom)
+            if torch.device(device).type != 'cuda' and not hyp['compile']:
+                # Nothing compiles per shape on a CPU without --compile, and under Triton's
+                # interpreter each size costs seconds (32 sizes took a minute): one step is enough.
+                sizes = sizes[-1:]
+            for size in sizes:  # every kept-batch shape the run can meet (Triton, cuDNN, torch.compile)
                 blf.fixed_size = size
                 train_epoch(model, opt, [(x, y)], settings[:1], hyp, blf, **extras)
             blf.fixed_size = None
@@ -189,6 +193,15 @@ def warm_up(hyp, data, device, dtype, backend=None, steps=3):
             evaluate(model, [(data.test_x[:n], data.test_y[:n])], tta=hyp['tta'], amp=hyp['precision'] == 'amp')
     if torch.device(device).type == 'cuda':
         torch.cuda.synchronize()
+
+
+def compact_sizes(hyp, n_bottom):
+    """The kept-batch sizes a run can meet: the batch in mask mode; in compact mode each multiple of
+    --blf-bucket above the --blf-bottom rows, and the whole batch."""
+    bs, bucket = hyp['batch_size'], hyp['blf_bucket']
+    if hyp['blf_mode'] == 'mask':
+        return [bs]
+    return sorted({min(bs, k) for k in range(bucket, bs + bucket, bucket) if k > n_bottom})
 
 
 def whitening_bias_states(model, hyp):
