@@ -309,7 +309,9 @@ def test_ctrl_c_mid_run_prints_one_line_marks_the_record_and_exits_130(cifar_dir
     import sys
     import time
     from conftest import REPO
-    args = ['--device', 'cpu', '--data-dir', cifar_dir, '--out-dir', tmp_path, '--n-train', 512, '--n-test', 100,
+    # One step per epoch: the first run must finish before the signals, and 49 epochs of the second
+    # (about 6 s on 2 cores) leave the signals time to land mid-run.
+    args = ['--device', 'cpu', '--data-dir', cifar_dir, '--out-dir', tmp_path, '--n-train', 128, '--n-test', 100,
             '--epochs', 50, '--width', 0.125, '--batch-size', 128, '--runs', 3]
     proc = subprocess.Popen([sys.executable, str(REPO / 'train.py'), *map(str, args)],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
