@@ -263,6 +263,25 @@ def test_warm_up_runs_the_augmentation_and_leaves_the_run_unchanged(cifar, extra
         {k: v for k, v in cold[0].items() if not k.endswith('_s')}
 
 
+def test_under_compile_warm_up_trains_one_step_at_every_compact_size(cifar, monkeypatch):
+    """--compile builds a graph per shape, so warm-up must meet every kept-batch size the run can
+    (on a GPU as well: Triton and cuDNN); compiling itself is stubbed out to keep this quick."""
+    h = {**cli.hyp, 'batch_size': 128, 'epochs': 2, 'width': 0.125, 'precision': 'fp32', 'tta': 0, 'compile': 1,
+         'blf': 0.8, 'blf_bucket': 32, 'blf_start_epoch': 1}
+    data = data_gpu.DeviceCIFAR10(cifar, 'cpu', torch.float32, n_train=512, n_test=300)
+    sizes, original_epoch = [], train.train_epoch
+
+    def recording_epoch(model, opt, batches, settings, hyp, blf=None, **kwargs):
+        if blf is not None:
+            sizes.append(blf.fixed_size)
+        return original_epoch(model, opt, batches, settings, hyp, blf, **kwargs)
+
+    monkeypatch.setattr(train, 'compile_model', lambda model: None)
+    monkeypatch.setattr(train, 'train_epoch', recording_epoch)
+    train.warm_up(h, data, 'cpu', torch.float32, blf_step.blf_backend('torch', 'cpu'))
+    assert sizes == [32, 64, 96, 128]
+
+
 def test_a_schedule_that_ends_early_is_named_in_the_header():
     h = {**cli.hyp, 'epochs': 24, 'lr_schedule': schedules.parse_schedule('0:0,5:0.4'),
          'momentum_schedule': schedules.parse_schedule('0:0.9,30:0.8')}
