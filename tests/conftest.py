@@ -29,12 +29,11 @@ SHARED = REPO.parent / 'shared' / 'cifar10'
 # The slowest files, slowest first. With `--dist loadfile` a file runs whole on one worker, in the
 # order collected; the reproduce.py smoke file (about 400 s on 2 cores) came last alphabetically and
 # ran alone on one worker for the last minute or two. Started first, it runs beside the rest.
-SLOWEST_FILES = ('test_reproduce.py', 'test_kernels.py', 'test_cli.py')
+FILE_RANK = {'test_reproduce.py': 0, 'test_kernels.py': 1, 'test_cli.py': 2}
 
 
 def pytest_collection_modifyitems(config, items):
-    items.sort(key=lambda item: SLOWEST_FILES.index(item.path.name) if item.path.name in SLOWEST_FILES
-               else len(SLOWEST_FILES))  # stable: each file's tests keep their order
+    items.sort(key=lambda item: FILE_RANK.get(item.path.name, len(FILE_RANK)))  # stable: a file's tests keep their order
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason='needs a CUDA GPU')

@@ -576,23 +576,18 @@ def documented_call(number):
     text = (REPO / 'results' / 'README.md').read_text()
     block = text.split(f'**Call {number}**', 1)[1].split('```bash\n', 1)[1].split('```', 1)[0]
     line = next(line for line in block.splitlines() if 'reproduce.py' in line)
-    # The tool gives $OUT as an absolute folder, and the call runs from the repository root, which is
-    # where reproduce.py's relative paths start.
+    # The tool gives $OUT as an absolute folder (the caller runs from the repository root, where the
+    # call's relative paths start).
     words = shlex.split(line.split('2>&1')[0].replace('$OUT', '/OUT'))
     timeout = int(words[words.index('timeout') + 1])
-    cwd = os.getcwd()
-    os.chdir(REPO)
-    try:
-        args = reproduce.parse_args(words[words.index('reproduce.py') + 1:])
-    finally:
-        os.chdir(cwd)
-    return block, timeout, args
+    return block, timeout, reproduce.parse_args(words[words.index('reproduce.py') + 1:])
 
 
-def test_the_documented_gpu_calls_fit_the_device_tool_and_stop_before_it_does():
+def test_the_documented_gpu_calls_fit_the_device_tool_and_stop_before_it_does(monkeypatch):
     """The two calls of the GPU plan: each under the tool's 2,000 characters; call 1, which has only
     half the data set, runs only stages that read none; each stops itself (--budget-min) and is
     stopped by `timeout` before the tool's 600 s; both pack into $OUT and resume the same OUT."""
+    monkeypatch.chdir(REPO)  # where the calls run
     first, second = documented_call(1), documented_call(2)
     for block, timeout, args in (first, second):
         assert len('; '.join(block.strip().splitlines())) <= 2000
