@@ -179,12 +179,7 @@ def warm_up(hyp, data, device, dtype, backend=None, steps=3):
             train_epoch(model, opt, batches, settings, hyp, **extras)
         x, y = batches[-1]
         if blf is not None:
-            sizes = compact_sizes(hyp, blf.n_bottom)
-            if torch.device(device).type != 'cuda' and not hyp['compile']:
-                # Nothing compiles per shape on a CPU without --compile, and under Triton's
-                # interpreter each size costs seconds (32 sizes took a minute): one step is enough.
-                sizes = sizes[-1:]
-            for size in sizes:  # every kept-batch shape the run can meet (Triton, cuDNN, torch.compile)
+            for size in warm_up_sizes(hyp, blf.n_bottom, device):
                 blf.fixed_size = size
                 train_epoch(model, opt, [(x, y)], settings[:1], hyp, blf, **extras)
             blf.fixed_size = None
@@ -202,6 +197,17 @@ def compact_sizes(hyp, n_bottom):
     if hyp['blf_mode'] == 'mask':
         return [bs]
     return sorted({min(bs, k) for k in range(bucket, bs + bucket, bucket) if k > n_bottom})
+
+
+def warm_up_sizes(hyp, n_bottom, device):
+    """The kept-batch sizes warm-up trains a step at: on a GPU or under --compile every size the run
+    can meet (Triton, cuDNN and torch.compile each build per shape); on a CPU without --compile the
+    largest only, since nothing there builds per shape and under Triton's interpreter each size
+    costs seconds (32 sizes took a minute)."""
+    sizes = compact_sizes(hyp, n_bottom)
+    if torch.device(device).type == 'cuda' or hyp['compile']:
+        return sizes
+    return sizes[-1:]
 
 
 def whitening_bias_states(model, hyp):

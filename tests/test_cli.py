@@ -257,6 +257,9 @@ def test_warm_up_runs_the_augmentation_and_leaves_the_run_unchanged(cifar, extra
         assert train.compact_sizes(h, 0) == [32, 64, 96, 128] and train.compact_sizes(h, 40) == [64, 96, 128]
         assert train.compact_sizes({**h, 'blf_bucket': 48}, 0) == [48, 96, 128]
         assert train.compact_sizes({**h, 'blf_mode': 'mask'}, 0) == [128]
+        assert train.warm_up_sizes(h, 40, 'cpu') == [128] and train.warm_up_sizes(h, 40, 'cuda') == [64, 96, 128]
+        assert train.warm_up_sizes(h, 40, torch.device('cuda', 0)) == [64, 96, 128]
+        assert train.warm_up_sizes({**h, 'compile': 1}, 40, 'cpu') == [64, 96, 128]
     warm = run()
     assert warm[1] == cold[1]
     assert {k: v for k, v in warm[0].items() if not k.endswith('_s')} == \
