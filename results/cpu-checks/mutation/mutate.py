@@ -30,6 +30,7 @@ RECORD_TESTS = ['tests/test_cli.py', 'tests/test_reproduce.py', 'tests/test_dist
 REPRODUCE_QUICK = ('not every_record_names and not everything_is_packed and not smoke_runs and not second_run_resumes '
                    'and not airbench_stage_runs_the_script and not sigterm_to_the_process_group')
 REPRODUCE_TESTS = [['tests/test_reproduce.py', '-k', REPRODUCE_QUICK], ['tests/test_reproduce.py']]
+WARM_UP_TESTS = ['tests/test_cli.py', '-k', 'warm']
 OPT_TESTS = ['tests/test_optim.py', 'tests/test_optimizers.py', 'tests/test_loss_scale.py', 'tests/test_model.py']
 
 # (id, file, old text (must occur exactly once), new text, the bug it stands for, the tests to run:
@@ -267,6 +268,15 @@ MUTANTS = [
      "bench or profile run again reads an earlier attempt's folder, or stops", REPRODUCE_TESTS),
     ('P25', 'reproduce.py', '                traceback.print_exc(file=log)\n', '                pass\n',
      "a stage that crashes leaves no traceback in its log", REPRODUCE_TESTS),
+    # train.py's warm-up: which kept-batch sizes get a step before the clock starts
+    ('W1', 'train.py', "    if torch.device(device).type == 'cuda' or hyp['compile']:", "    if hyp['compile']:",
+     'a GPU run without --compile warms one kept-batch size: Triton and cuDNN build the others on the clock', WARM_UP_TESTS),
+    ('W2', 'train.py', "    if torch.device(device).type == 'cuda' or hyp['compile']:", "    if torch.device(device).type == 'cuda':",
+     'a --compile run on the CPU compiles all but one kept-batch size on the clock', WARM_UP_TESTS),
+    ('W3', 'train.py', "    if torch.device(device).type == 'cuda' or hyp['compile']:", '    if True:',
+     'a CPU run pays seconds per kept-batch size in warm-up (a minute under the interpreter)', WARM_UP_TESTS),
+    ('W4', 'train.py', '    return sizes[-1:]', '    return sizes[:1]',
+     'a CPU run warms the smallest kept batch, not the whole batch', WARM_UP_TESTS),
 ]
 
 
