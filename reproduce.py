@@ -771,6 +771,9 @@ def main(argv=None):
     if args.device == 'cpu' and not args.smoke:
         print('error: without a GPU only --smoke makes sense (the stages measure GPU time)', file=sys.stderr)
         return 2
+    if args.copy_pack_to and not os.path.isdir(args.copy_pack_to):
+        print(f'error: --copy-pack-to {args.copy_pack_to} is not a folder', file=sys.stderr)
+        return 2
     if set(args.stage or STAGES) - NEEDS_NO_DATA and not os.path.isdir(os.path.join(args.data_dir, 'cifar-10-batches-py')):
         print(f'error: no cifar-10-batches-py/ in {args.data_dir}: give --data-dir (train.py --data-dir '
               f'{args.data_dir} downloads it when online)', file=sys.stderr)
@@ -783,9 +786,6 @@ def main(argv=None):
         os.makedirs(args.out, exist_ok=True)
     except OSError as e:
         print(f'error: cannot create {args.out}: {e.strerror}', file=sys.stderr)
-        return 2
-    if args.copy_pack_to and not os.path.isdir(args.copy_pack_to):
-        print(f'error: --copy-pack-to {args.copy_pack_to} is not a folder', file=sys.stderr)
         return 2
     summary_path = os.path.join(args.out, 'summary.md')
     if not os.path.exists(summary_path):

@@ -526,8 +526,10 @@ def test_a_spent_budget_starts_no_stage(tmp_path, cifar_dir, capsys):
     (['--smoke', '--device', 'cpu', '--copy-pack-to', '/nonexistent'], '--copy-pack-to /nonexistent is not a folder'),
 ])
 def test_user_errors_are_one_line(args, message, tmp_path):
+    """Each is caught before anything is written, whether or not data/ holds the data set."""
     res = run_script('reproduce.py', *args, '--out', tmp_path / 'out')
     assert res.returncode == 2 and res.stderr.strip().count('\n') == 0 and message in res.stderr
+    assert not (tmp_path / 'out').exists()
 
 
 def test_bench_runs_before_the_data_set_is_on_the_machine_and_the_other_stages_do_not(tmp_path, monkeypatch, capsys):
