@@ -26,10 +26,21 @@ REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / 'shared' / 'cifar10'
 
 
-# The slowest files, slowest first. With `--dist loadfile` a file runs whole on one worker, in the
-# order collected; the reproduce.py smoke file (about 400 s on 2 cores) came last alphabetically and
-# ran alone on one worker for the last minute or two. Started first, it runs beside the rest.
-FILE_RANK = {'test_reproduce.py': 0, 'test_kernels.py': 1, 'test_cli.py': 2}
+# The slowest files, slowest first (results/cpu-checks/durations/). With `--dist loadfile` a file
+# runs whole on one worker, handed out in the order collected; the reproduce.py smoke file (350-440
+# s on 2 cores) came last alphabetically and ran alone on one worker for the last minutes. Started
+# first, it runs beside the rest, and the small files fill in at the end.
+FILE_RANK = {name: rank for rank, name in enumerate([
+    'test_reproduce.py', 'test_kernels.py', 'test_cli.py', 'test_recipes.py', 'test_loss_scale.py',
+    'test_distributed.py', 'test_no_sync.py', 'test_blf.py', 'test_compile.py'])}
+
+
+def pytest_configure(config):
+    # pytest-xdist 3.6 and later hand out loadfile's files by their number of tests, most first,
+    # unless told not to: that put test_reproduce.py (44 tests) after test_kernels.py (111) and
+    # test_cli.py (71), and FILE_RANK came to nothing.
+    if hasattr(config.option, 'loadscopereorder'):
+        config.option.loadscopereorder = False
 
 
 def pytest_collection_modifyitems(config, items):
