@@ -32,8 +32,10 @@ def real_step_grads(model, x, y, h):
 def without_onednn():
     """torch's own convolutions instead of oneDNN's for the fp16 step. On a CPU with AVX512-FP16
     (the 2-core Xeon of 2026-12-05, one thread) oneDNN's fp16 weight gradient made this step take
-    260-270 s, torch's 23 s, and the verdict is the same: the worst layer 11.3% (oneDNN) and 9.7%
-    (torch) off fp32 with the scale, 29.7% with either without it."""
+    247-256 s, torch's 22 s, and the verdict is the same: the worst layer 11.3% (oneDNN) and 9.7%
+    (torch) off fp32 with the scale, 29.7% with either without it
+    (results/cpu-checks/durations/onednn-fp16-a1441e9.log). Not torch.backends.mkldnn.flags():
+    it also sets oneDNN's TF32 switch, which warns on every call."""
     enabled = torch.backends.mkldnn.enabled
     torch.backends.mkldnn.enabled = False
     try:
