@@ -35,7 +35,7 @@ def without_onednn():
     247-256 s, torch's 22 s, and the verdict is the same: the worst layer 11.3% (oneDNN) and 9.7%
     (torch) off fp32 with the scale, 29.7% with either without it
     (results/cpu-checks/durations/onednn-fp16-a1441e9.log). Not torch.backends.mkldnn.flags():
-    it also sets oneDNN's TF32 switch, which warns on every call."""
+    it also sets oneDNN's TF32 switch, which prints a UserWarning on a CPU build."""
     enabled = torch.backends.mkldnn.enabled
     torch.backends.mkldnn.enabled = False
     try:
