@@ -17,7 +17,10 @@ counted twice. Only runs of the same code are pooled: a record whose code (env.j
 hashes of what train.py imported) differs from the code now is set aside and its seeds run again,
 and a stage completed with other code runs again (keeping its records of unchanged code), so a
 fix made between two attempts never mixes with the runs it fixed. OUT may be moved between two
-attempts (its records are pooled by the folder they are in, not by the path they were written to).
+attempts (its records are pooled by the folder they are in, not by the path they were written to),
+but not to another machine: OUT/machine.json names the GPU and the software versions of its first
+run, and a run on another GPU or with other versions stops at once rather than pool two machines'
+timings (give it another --out: results/<gpu>/reproduce, <gpu> as machine_folder names it).
 
 --budget-min M stops the whole run after M minutes (as SIGTERM from `timeout` does): the running
 command gets Ctrl-C and keeps its finished runs, OUT is packed, the exit code is 3, and the same
@@ -714,6 +717,40 @@ def pack(out, copy_to=None):
         os.replace(os.path.join(copy_to, PACK + '.part'), os.path.join(copy_to, PACK))
 
 
+def machine(device):
+    """What the times depend on besides the code (summarize.MACHINE_KEYS): the GPU's name and the
+    versions of torch, triton, CUDA and cuDNN, as every train.py record's env.json has them."""
+    import record
+    import torch
+    if device.startswith('cuda') and not torch.cuda.is_available():
+        device = 'cpu'  # no GPU to name: the stages themselves say that they cannot run
+    env = record.environment(device)
+    return {key: env[key] for key in summarize.MACHINE_KEYS}
+
+
+def machine_folder(device_name):
+    """'NVIDIA H100 80GB HBM3' -> 'nvidia-h100-80gb-hbm3': results/<this>/ holds that GPU's records.
+    The GPU plan (results/README.md) finds it with nvidia-smi's name and `tr 'A-Z ' 'a-z-'`: the same."""
+    return device_name.lower().replace(' ', '-')
+
+
+def check_machine(out, here):
+    """None when OUT was started on this machine (or is new: then it is marked as this machine's);
+    else the one-line error that stops the run, so that no stage pools two machines' times."""
+    path = os.path.join(out, 'machine.json')
+    made_on = summarize.read_json(path)
+    if made_on is None:
+        with open(path, 'w') as fh:
+            json.dump(here, fh, indent=1)
+        return None
+    differs = [f'{key} {made_on.get(key)} there, {here[key]} here' for key in summarize.MACHINE_KEYS
+               if made_on.get(key) != here[key]]
+    if not differs:
+        return None
+    return (f'error: {out} holds runs of another machine ({"; ".join(differs)}): times of two machines are '
+            f'never pooled; give another --out, e.g. results/{machine_folder(here["device"])}/reproduce')
+
+
 def environment_line(device):
     import torch
     try:
@@ -787,6 +824,12 @@ def main(argv=None):
     except OSError as e:
         print(f'error: cannot create {args.out}: {e.strerror}', file=sys.stderr)
         return 2
+    here = machine(args.device)
+    wrong_machine = check_machine(args.out, here)
+    if wrong_machine:
+        print(wrong_machine, file=sys.stderr)
+        return 2
+    print(f'== machine: {environment_line(args.device)} (its records belong in results/{machine_folder(here["device"])}/)')
     summary_path = os.path.join(args.out, 'summary.md')
     if not os.path.exists(summary_path):
         with open(summary_path, 'w') as fh:

@@ -7,8 +7,9 @@ and BLF's kept fraction per epoch (the forum thread's "selected samples" curve).
 Each argument is a group: a record folder, or a folder of record folders (all their runs pooled).
 A record that was interrupted, or stopped when training diverged, contributes the runs it finished
 (and only their epochs) and is named below the table. So is a group that pools what should not be
-pooled: a seed in more than one record (counted twice), records of different settings, or records
-of different code (env.json's per-file hashes).
+pooled: a seed in more than one record (counted twice), records of different settings, records of
+different code (env.json's per-file hashes), or records timed on different machines (env.json's GPU
+and software versions).
 
 The p column is the p-value of a one-sided t-test of H0: mean <= 94%. A small p says the runs are
 evidence that the mean exceeds 94%; it is not the probability that it does.
@@ -79,10 +80,15 @@ def differing(dicts):
     return sorted(k for k in keys if len({json.dumps(d.get(k), sort_keys=True) for d in dicts}) > 1)
 
 
+# What a time depends on besides the code and the settings (record.environment's keys): the GPU and
+# the software that drives it. Times of records that differ in one of these are never pooled.
+MACHINE_KEYS = ('device', 'torch', 'triton', 'cuda', 'cudnn')
+
+
 def pooling_notes(records, runs):
     """What a group pools that should not be pooled, in words: seeds in more than one record,
     records of different settings (config.json's hyp and image counts), records of different code
-    (env.json's code)."""
+    (env.json's code), records made on different machines (env.json's MACHINE_KEYS)."""
     notes = []
     twice = sorted(seed for seed, n in collections.Counter(run['seed'] for run in runs).items() if n > 1)
     if twice:
@@ -91,10 +97,14 @@ def pooling_notes(records, runs):
     hyps = [{**c['hyp'], 'n_train': c.get('n_train'), 'n_test': c.get('n_test')} for c in configs if c.get('hyp')]
     if differing(hyps):
         notes.append(f'its records differ in settings ({", ".join(differing(hyps))})')
-    codes = [c for c in (read_json(os.path.join(r, 'env.json'), {}).get('code') for r in records) if c]
+    envs = [read_json(os.path.join(r, 'env.json'), {}) for r in records]
+    codes = [e['code'] for e in envs if e.get('code')]
     changed = [f for f in differing(codes) if all(f in c for c in codes)]  # a file only some imported is no difference
     if changed:
         notes.append(f'its records ran different code ({", ".join(changed)})')
+    machines = differing([{k: e.get(k) for k in MACHINE_KEYS} for e in envs if e])
+    if machines:
+        notes.append(f'its records were made on different machines ({", ".join(machines)})')
     return notes
 
 

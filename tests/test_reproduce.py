@@ -2,6 +2,7 @@
 import hashlib
 import json
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -16,6 +17,7 @@ import pytest
 import reproduce
 from conftest import REPO, SHARED, run_script
 import record
+import summarize
 from record import code_hash, code_hashes, loaded_code
 
 
@@ -598,13 +600,51 @@ def test_the_documented_gpu_calls_fit_the_device_tool_and_stop_before_it_does(mo
     assert first[2].stage and set(first[2].stage) <= reproduce.NEEDS_NO_DATA
     assert second[2].stage is None, 'call 2 runs every stage in order until its budget ends'
     assert f'unpack.py {second[2].data_dir}' in second[0]
-    assert f'cp -r results/nvidia-h200/reproduce {os.path.dirname(first[2].out)}' in first[0], \
-        'call 1 resumes from the committed pack'
+    assert f'cp -r results/$G/reproduce {os.path.dirname(first[2].out)}' in first[0], \
+        'call 1 resumes from the committed pack of its GPU'
     airbench = [os.path.relpath(path, REPO) for path in second[2].airbench]
     assert airbench and all(path.startswith('.airbench/') for path in airbench)
     ignored = subprocess.run(['git', 'check-ignore', '--no-index', *airbench], cwd=REPO,
                              capture_output=True, text=True).stdout.split()
     assert ignored == airbench, 'the published scripts are carried to the machine, never committed'
+
+
+@pytest.mark.parametrize('name', ['NVIDIA H100 80GB HBM3', 'NVIDIA H200', 'NVIDIA H100 PCIe', 'NVIDIA A100-SXM4-80GB'])
+def test_call_1_finds_the_gpus_folder_where_reproduce_says_its_records_belong(name, tmp_path):
+    """Call 1 names the GPU's results folder from nvidia-smi before any Python runs; it must be the
+    folder reproduce.py names from torch's device name (the same driver string), or a session would
+    start afresh beside the records it should resume."""
+    block = documented_call(1)[0]
+    (expression,) = re.findall(r'G=\$\(([^()]*)\)', block)
+    fake = tmp_path / 'nvidia-smi'
+    fake.write_text(f'#!/bin/sh\nprintf "{name}\\n{name}\\n"\n')  # a machine with two of them
+    fake.chmod(0o755)
+    res = subprocess.run(['bash', '-c', expression], capture_output=True, text=True,
+                         env={**os.environ, 'PATH': f'{tmp_path}{os.pathsep}{os.environ["PATH"]}'})
+    assert res.returncode == 0 and res.stdout.strip() == reproduce.machine_folder(name), res.stderr
+
+
+def test_an_out_of_another_machine_stops_the_run_before_any_stage(tmp_path, cifar_dir, monkeypatch, capsys):
+    """OUT/machine.json names the GPU and software of its first run: the same machine resumes, and a
+    run on another (an H200 given an H100's records, or another torch) stops in one line, writing
+    nothing, rather than pool two machines' times."""
+    ran = []
+    monkeypatch.setitem(reproduce.STAGES, 'core', (lambda ctx: ran.append(ctx.dir) or ({}, 'ran'), 'a stage', 1, False))
+    args = ['--smoke', '--device', 'cpu', '--data-dir', cifar_dir, '--out', str(tmp_path), '--stage', 'core']
+    assert reproduce.main(args) == 0 and len(ran) == 1
+    made_on = json.loads((tmp_path / 'machine.json').read_text())
+    assert made_on == reproduce.machine('cpu') and list(made_on) == list(summarize.MACHINE_KEYS)
+    (tmp_path / 'core' / 'done.json').unlink()
+    assert reproduce.main(args) == 0 and len(ran) == 2, 'the same machine resumes'
+    capsys.readouterr()
+    for key, other in (('device', 'NVIDIA H200'), ('torch', '2.11.0+cu130')):
+        (tmp_path / 'machine.json').write_text(json.dumps({**made_on, key: other}))
+        files = {p: p.stat().st_mtime_ns for p in tmp_path.rglob('*')}
+        assert reproduce.main(args) == 2 and len(ran) == 2
+        err = capsys.readouterr().err
+        assert err.count('\n') == 1 and f'{key} {other} there, {made_on[key]} here' in err, err
+        assert f'results/{reproduce.machine_folder(made_on["device"])}/reproduce' in err
+        assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob('*')} == files, 'nothing written'
 
 
 def test_the_airbench_stage_runs_the_script_on_our_data_then_our_recipe_and_keeps_none_of_its_code(smoke):

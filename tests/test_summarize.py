@@ -66,12 +66,15 @@ def test_the_epochs_of_a_cut_run_stay_out_of_the_kept_curve(tmp_path):
 
 
 def test_a_group_that_pools_what_should_not_be_pooled_says_so(tmp_path):
-    """The same seed twice, other settings, other code: pooled as asked, and each named below the table."""
+    """The same seed twice, other settings, other code, another GPU: pooled as asked, and each named
+    below the table."""
     def config(record, **hyp):
         (record / 'config.json').write_text(json.dumps({'hyp': {'lr': 0.4, 'epochs': 24, **hyp}, 'n_train': 50000}))
 
-    def code(record, **files):
-        (record / 'env.json').write_text(json.dumps({'code': {'train.py': 'aaaa', 'networks.py': 'bbbb', **files}}))
+    def code(record, device='NVIDIA H100 80GB HBM3', **files):
+        machine = {'device': device, 'torch': '2.11.0+cu130', 'triton': '3.6.0', 'cuda': '13.0', 'cudnn': 91300}
+        (record / 'env.json').write_text(json.dumps({'code': {'train.py': 'aaaa', 'networks.py': 'bbbb', **files},
+                                                     'host': str(record), **machine}))  # another host: no difference
     fake_record(tmp_path / 'clean' / 'r1', [(0, 0.941, 10.0)], [1.0])
     fake_record(tmp_path / 'clean' / 'r2', [(1, 0.942, 10.0)], [1.0])
     config(tmp_path / 'clean' / 'r1')
@@ -86,11 +89,12 @@ def test_a_group_that_pools_what_should_not_be_pooled_says_so(tmp_path):
     config(tmp_path / 'mixed' / 'r1')
     config(tmp_path / 'mixed' / 'r2', epochs=30)
     code(tmp_path / 'mixed' / 'r1')
-    code(tmp_path / 'mixed' / 'r2', **{'networks.py': 'after-a-fix'})
+    code(tmp_path / 'mixed' / 'r2', device='NVIDIA H200', **{'networks.py': 'after-a-fix'})
     res = run_script('summarize.py', tmp_path / 'mixed')
     assert res.returncode == 0 and '| 3 |' in res.stdout
     warnings = [line for line in res.stdout.splitlines() if line.startswith('warning:')]
     prefix = f'warning: {tmp_path / "mixed"} pools what should not be pooled: '
     assert warnings == [prefix + 'seed(s) 1 finished in more than one run: each counted every time',
                         prefix + 'its records differ in settings (epochs)',
-                        prefix + 'its records ran different code (networks.py)']
+                        prefix + 'its records ran different code (networks.py)',
+                        prefix + 'its records were made on different machines (device)']
