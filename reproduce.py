@@ -743,23 +743,17 @@ def check_machine(out, here):
         with open(path, 'w') as fh:
             json.dump(here, fh, indent=1)
         return None
-    differs = [f'{key} {made_on.get(key)} there, {here[key]} here' for key in summarize.MACHINE_KEYS
-               if made_on.get(key) != here[key]]
+    differs = [f'{key} {made_on.get(key)} there, {here[key]} here'
+               for key in summarize.differing([{key: made_on.get(key) for key in here}, here])]
     if not differs:
         return None
     return (f'error: {out} holds runs of another machine ({"; ".join(differs)}): times of two machines are '
             f'never pooled; give another --out, e.g. results/{machine_folder(here["device"])}/reproduce')
 
 
-def environment_line(device):
-    import torch
-    try:
-        import triton
-        triton_version = triton.__version__
-    except ImportError:
-        triton_version = None
-    name = torch.cuda.get_device_name() if device.startswith('cuda') and torch.cuda.is_available() else 'CPU'
-    return f'{name} | torch {torch.__version__} | triton {triton_version} | python {sys.version.split()[0]}'
+def environment_line(here):
+    """The machine (machine()'s dict) in one line, for the console and summary.md's head."""
+    return f'{here["device"]} | torch {here["torch"]} | triton {here["triton"]} | python {sys.version.split()[0]}'
 
 
 def list_stages(out):
@@ -829,11 +823,11 @@ def main(argv=None):
     if wrong_machine:
         print(wrong_machine, file=sys.stderr)
         return 2
-    print(f'== machine: {environment_line(args.device)} (its records belong in results/{machine_folder(here["device"])}/)')
+    print(f'== machine: {environment_line(here)} (its records belong in results/{machine_folder(here["device"])}/)')
     summary_path = os.path.join(args.out, 'summary.md')
     if not os.path.exists(summary_path):
         with open(summary_path, 'w') as fh:
-            fh.write(f'# reproduce.py{" --smoke" if args.smoke else ""}\n\n{environment_line(args.device)}\n\n')
+            fh.write(f'# reproduce.py{" --smoke" if args.smoke else ""}\n\n{environment_line(here)}\n\n')
     previous = signal.signal(signal.SIGTERM, on_sigterm)  # `timeout` stops us: stop the command, pack, say how to resume
     try:
         return run_stages(args, summary_path)
