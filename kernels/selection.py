@@ -66,8 +66,13 @@ def _select_kernel(loss_ptr, weight_ptr, order_ptr, counts_ptr, stats_ptr, B, p_
     k_eff = tl.where(fill != 0, cap, tl.minimum(k, cap))
 
     kept = ok & (rank < k_eff)
+    # 1/k_eff correctly rounded, as torch divides: compiled, an fp32 division is PTX's div.full.f32
+    # (up to 2 ulp off; the interpreter's NumPy rounds correctly, so only a GPU would show it). The
+    # fp64 quotient is correctly rounded, and rounding it again to fp32 gives the correctly rounded
+    # fp32 quotient (53 >= 2 * 24 + 2 bits: double rounding is harmless for a division).
+    inv_k = (1.0 / k_eff.to(tl.float64)).to(tl.float32)
     tl.store(order_ptr + rank, index.to(tl.int64), mask=ok)
-    tl.store(weight_ptr + index, tl.where(kept, 1.0 / k_eff, 0.0), mask=ok)
+    tl.store(weight_ptr + index, tl.where(kept, inv_k, 0.0), mask=ok)
     raw = tl.load(loss_ptr + index, mask=ok, other=0.0).to(tl.float64)  # NaN/Inf show in the means, on purpose
     kept_quanta = tl.sum(tl.where(kept, quanta, 0), axis=0)
     tl.store(counts_ptr, k)

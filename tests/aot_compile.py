@@ -4,7 +4,10 @@ Run as a script without TRITON_INTERPRET (tests/test_compile.py does that): the 
 things the compiler refuses (non-constexpr globals, some type promotions), so this is how a machine
 without a GPU checks that the kernels will build on one. Prints one line per variant with the
 registers per thread and the bytes spilled to local memory (ptxas, bundled with Triton, run on the
-kernel's PTX), and exits non-zero if any variant spills: a spilling tile is a slow tile.
+kernel's PTX), and exits non-zero if any variant spills: a spilling tile is a slow tile, or if the
+selection kernel divides approximately: its outputs must equal kernels/reference.py's bit for bit,
+and compiled Triton turns an fp32 `/` into PTX's div.full.f32 (up to 2 ulp off), which the
+interpreter, dividing in NumPy, never shows.
 """
 import re
 import subprocess
@@ -22,6 +25,11 @@ TARGET = GPUTarget('cuda', 90, 32)
 
 
 SPILLS = []
+INEXACT = []
+
+# PTX instructions that divide or take a reciprocal with an error of an ulp or more (the correctly
+# rounded ones are div.rn.* and rcp.rn.*)
+APPROXIMATE_DIVISION = re.compile(r'\b(?:div\.(?:full|approx)|rcp\.approx)\.[a-z0-9.]*')
 
 
 def ptxas():
@@ -47,7 +55,7 @@ def registers_and_spills(ptx):
     return regs, stores, loads
 
 
-def build(fn, signature, constexprs, num_warps=4):
+def build(fn, signature, constexprs, num_warps=4, exact=False):
     sig = {name: 'constexpr' if name in constexprs else signature[name] for name in fn.arg_names}  # in the kernel's order
     kernel = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constexprs), target=TARGET,
                             options={'num_warps': num_warps})
@@ -56,8 +64,11 @@ def build(fn, signature, constexprs, num_warps=4):
     dtype = signature[fn.arg_names[0]].lstrip('*')  # the first pointer's element type: the logits' or losses'
     if stores or loads:
         SPILLS.append(f'{fn.__name__} {dtype} {constexprs} warps={num_warps}')
+    approximate = sorted(set(APPROXIMATE_DIVISION.findall(kernel.asm['ptx'])))
+    if exact and approximate:
+        INEXACT.append(f'{fn.__name__} {constexprs}: {", ".join(approximate)}')
     print(f'ok {fn.__name__} {dtype} {constexprs} warps={num_warps} registers={regs} spill_stores={stores} '
-          f'spill_loads={loads}', flush=True)
+          f'spill_loads={loads} approximate_division={",".join(approximate) or "none"}', flush=True)
 
 
 def main():
@@ -79,10 +90,12 @@ def main():
               {'loss_ptr': '*fp32', 'weight_ptr': '*fp32', 'order_ptr': '*i64', 'counts_ptr': '*i32',
                'stats_ptr': '*fp32', 'B': 'i32', 'p_hi': 'fp32', 'p_mid': 'fp32', 'p_lo': 'fp32', 'k_min': 'i32', 'round_to': 'i32',
                'cap': 'i32', 'fill': 'i32'},
-              {'BLOCK': block, 'LOG2_BLOCK': block.bit_length() - 1}, num_warps=select_num_warps(block))
+              {'BLOCK': block, 'LOG2_BLOCK': block.bit_length() - 1}, num_warps=select_num_warps(block), exact=True)
 
 
 if __name__ == '__main__':
     main()
     if SPILLS:
         sys.exit('variants that spill registers: ' + '; '.join(SPILLS))
+    if INEXACT:
+        sys.exit('approximate division in a kernel that must match its reference bit for bit: ' + '; '.join(INEXACT))
