@@ -401,12 +401,15 @@ def describe(name, fig):
 
 # The GPU tests by stage (pytest -m): those of --compile each compile a recipe's graphs, which takes
 # minutes, so they wait in their own stage until the stages that need no compiler have run.
-GPU_TESTS = {'tests': 'gpu and not compile', 'tests-compile': 'gpu and compile'}
+# `native`: the kernel tests, which run on the CPU under Triton's interpreter and natively on a GPU
+GPU_TESTS = {'tests': '(gpu or native) and not compile', 'tests-compile': 'gpu and compile'}
 
 
 def stage_tests(ctx):
-    """The GPU tests but those of --compile: kernels natively, no host sync in whole epochs."""
-    return gpu_tests(ctx, GPU_TESTS['tests'])
+    """The GPU tests but those of --compile, and the kernel tests natively: no host sync in whole
+    epochs, the kernels' values and gradients on odd shapes, ties and extremes. --smoke leaves the
+    kernel tests out: on a CPU they are the suite's own, a minute or more under the interpreter."""
+    return gpu_tests(ctx, 'gpu and not compile' if ctx.smoke else GPU_TESTS['tests'])
 
 
 def stage_tests_compile(ctx):
@@ -667,10 +670,12 @@ def stage_post8(ctx):
 # a 24-epoch run takes about 27 s; a stage's process adds about 15 s (imports, CUDA, cuDNN's autotuning)
 # and each train.py invocation in it a few more (data, warm-up). blf: 12 runs of 30 epochs, the compact
 # and random ones about 3/4 of a full run's time at 60% kept, so 6 min of runs and 1 of start-ups.
-# The tests: a warm-up of a few seconds each; compiling: about half a minute per graph, a few per recipe.
+# The tests: a warm-up of a few seconds each, and the kernel tests' 71 Triton specialisations (counted under the
+# interpreter) about 50 s of compiling on this repo's 2-core CPU machine (tests/aot_compile.py's rate); compiling
+# (tests-compile): about half a minute per graph, a few per recipe.
 STAGES = {
-    'tests': (stage_tests, 'the GPU-only tests pass on real data: kernels natively, no host sync in whole epochs '
-                           '(those of --compile: tests-compile)', 2, False),
+    'tests': (stage_tests, 'the GPU-only tests pass on real data, and every kernel test natively: no host sync in '
+                           'whole epochs (those of --compile: tests-compile)', 3, False),
     'core': (stage_core, 'the default recipe\'s accuracy and time (n=5); fp16 with the loss scale vs amp and vs '
                          'the old unscaled step', 6, False),
     'bench': (stage_bench, 'BLF\'s kernels: Triton vs torch, and their cost as a share of a training step', 1, False),

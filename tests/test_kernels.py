@@ -21,6 +21,12 @@ DEVICE = 'cuda' if torch.cuda.is_available() and not INTERPRET else 'cpu'
 if DEVICE == 'cpu' and not INTERPRET:
     pytest.skip('CPU tensors need TRITON_INTERPRET=1', allow_module_level=True)
 
+# Every test here runs the compiled kernels on a GPU, not only the `gpu` ones: reproduce.py's tests
+# stage selects `native` too, so that the values, gradients, ties, zeros and extremes are checked
+# where the interpreter's NumPy arithmetic is not what runs (it divided correctly where compiled
+# Triton did not: kernels/selection.py's 1/k).
+pytestmark = pytest.mark.native
+
 
 class PoisonedTorch:
     """torch, except that new tensors come pre-filled with NaN (floats) or -7 (integers)."""

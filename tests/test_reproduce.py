@@ -547,10 +547,12 @@ def test_bench_runs_before_the_data_set_is_on_the_machine_and_the_other_stages_d
 
 
 def test_the_two_tests_stages_run_every_gpu_test_once_and_only_the_compiling_ones_wait():
-    """pytest's own selection by marker: `tests` and `tests-compile` together run each GPU test
-    exactly once, and tests-compile holds the torch.compile tests (minutes each) and nothing else."""
-    files = sorted(str(p.relative_to(REPO)) for p in (REPO / 'tests').glob('test_*.py') if 'mark.gpu' in p.read_text())
-    markers = ['gpu', reproduce.GPU_TESTS['tests'], reproduce.GPU_TESTS['tests-compile']]
+    """pytest's own selection by marker: `tests` and `tests-compile` together run each GPU test and
+    each kernel test (natively there) exactly once, and tests-compile holds the torch.compile tests
+    (minutes each) and nothing else."""
+    files = sorted(str(p.relative_to(REPO)) for p in (REPO / 'tests').glob('test_*.py')
+                   if 'mark.gpu' in p.read_text() or 'mark.native' in p.read_text())
+    markers = ['gpu or native', reproduce.GPU_TESTS['tests'], reproduce.GPU_TESTS['tests-compile']]
     script = ('import sys, pytest\n'  # one process for the three collections: torch is imported once
               'for m in sys.argv[1:4]:\n'
               '    print("== " + m, flush=True)\n'
@@ -561,7 +563,8 @@ def test_the_two_tests_stages_run_every_gpu_test_once_and_only_the_compiling_one
     every, plain, compiling = ({line for line in part.splitlines() if '::' in line} for part in res.stdout.split('== ')[1:])
     assert len(every) >= 13 and plain | compiling == every and not plain & compiling
     assert compiling and all(node.startswith('tests/test_torch_compile.py::test_gpu_') for node in compiling)
-    assert any(node.startswith('tests/test_kernels.py::') for node in plain)
+    kernel_tests = {node for node in plain if node.startswith('tests/test_kernels.py::')}
+    assert len(kernel_tests) >= 100 and 'tests/test_kernels.py::test_the_sample_that_crosses_the_threshold_is_kept' in plain
 
 
 def test_the_tracked_tree_and_the_first_half_of_the_data_fit_in_one_device_call():
