@@ -50,7 +50,7 @@ MUTANTS = [
      'rounding to round_to goes one multiple too far on exact multiples', KERNEL_TESTS),
     ('S7', 'kernels/selection.py', 'tl.where(fill != 0, cap, tl.minimum(k, cap))', 'tl.minimum(k, cap)',
      'fill ignored: the compact pass is padded with weight-0 rows', KERNEL_TESTS),
-    ('S8', 'kernels/selection.py', 'tl.where(kept, 1.0 / k_eff, 0.0)', 'tl.where(kept, 1.0 / k, 0.0)',
+    ('S8', 'kernels/selection.py', 'inv_k = (1.0 / k_eff.to(tl.float64))', 'inv_k = (1.0 / k.to(tl.float64))',
      'kept rows weigh 1/k, not 1/k_eff, when capped', KERNEL_TESTS),
     ('S9', 'kernels/selection.py', 'axis=0) / B).to(tl.float32))', 'axis=0) / k_eff).to(tl.float32))',
      'the full-batch mean divides by the kept count', KERNEL_TESTS),
