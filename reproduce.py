@@ -670,8 +670,8 @@ def stage_post8(ctx):
 # a 24-epoch run takes about 27 s; a stage's process adds about 15 s (imports, CUDA, cuDNN's autotuning)
 # and each train.py invocation in it a few more (data, warm-up). blf: 12 runs of 30 epochs, the compact
 # and random ones about 3/4 of a full run's time at 60% kept, so 6 min of runs and 1 of start-ups.
-# The tests: a warm-up of a few seconds each, and the kernel tests' 71 Triton specialisations (counted under the
-# interpreter) about 50 s of compiling on this repo's 2-core CPU machine (tests/aot_compile.py's rate); compiling
+# The tests: a warm-up of a few seconds each, and the kernel tests' 71 Triton specialisations about 50 s of
+# compiling (results/cpu-checks/native-tests/, timed on a 2-core CPU); compiling
 # (tests-compile): about half a minute per graph, a few per recipe.
 STAGES = {
     'tests': (stage_tests, 'the GPU-only tests pass on real data, and every kernel test natively: no host sync in '
