@@ -200,6 +200,8 @@ def test_tta_2_averages_six_views():
     with torch.no_grad():
         views = [x, x.flip(3), up_left, up_left.flip(3), down_right, down_right.flip(3)]
         logits = sum(model(v.contiguous()) for v in views) / 6
+    # the views themselves, exactly: the global max-pool can hide an edge pixel from the logits
+    assert all(torch.equal(got, want) for got, want in zip(train.tta_views(x, 2), views, strict=True))
     res = train.evaluate(model, [(x, y)], tta=2)
     torch.testing.assert_close(res['loss'], F.cross_entropy(logits, y, reduction='sum'), rtol=1e-5, atol=1e-5)
     assert res['correct'] == (logits.argmax(1) == y).sum()
@@ -211,6 +213,8 @@ def test_plateau_notes_every_n_epochs_and_stops_after_m():
     lines = [line for line, _ in events]
     assert lines[:4] == [None, None, None, '# test loss has not improved for 2 epochs (best 0.8000 at epoch 2)']
     assert [stop for _, stop in events] == [False, False, False, False, True, False, False]
+    ties = train.Plateau(note=1, stop=2)
+    assert [ties.update(epoch, 1.0)[1] for epoch in (1, 2, 3)] == [False, False, True], 'an equal loss is no improvement'
     quiet = train.Plateau(note=0, stop=0)
     assert all(quiet.update(e, 1.0) == (None, False) for e in range(10))
 
@@ -262,3 +266,75 @@ def test_tta_3_weighs_the_plain_pair_half_and_each_shifted_pair_a_quarter():
     mean = 0.25 * 6 + 0.25 * 12 + 0.125 * (18 + 24 + 30 + 36)  # 18 (equal weights: 21)
     want = torch.nn.functional.cross_entropy(torch.tensor([[mean, 0.0]]), torch.tensor([1]), reduction='sum')
     torch.testing.assert_close(res['loss'], want)
+
+
+def test_a_run_built_from_flags_gets_the_resnet9_options(cifar):
+    """train.run_parts passes post 8's tricks and dropout from the run's settings to ResNet-9."""
+    h = {**cli.hyp, 'width': 0.125, 'activation': 'celu', 'ghost_bn': 32, 'frozen_bn_scale': 1, 'pool_before_bn': 1,
+         'whiten': 3, 'dropout': 0.1}
+    model = train.run_parts(h, 'cpu', torch.float32, 0)['model']
+    assert isinstance(model, networks.ResNet9) and model.whiten is not None and model.dropout.p == 0.1
+    bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+    assert all(isinstance(b, networks.GhostBatchNorm) and not b.weight.requires_grad for b in bns)
+    assert [type(m).__name__ for m in model.layer2[0]] == ['Conv2d', 'MaxPool2d', 'GhostBatchNorm', 'CELU']
+
+
+def small_run_hyp(**extra):
+    return {**cli.hyp, 'width': 0.125, 'batch_size': 128, 'epochs': 2, 'eval_batch_size': 100, 'tta': 0, **extra}
+
+
+def test_the_final_evaluation_sees_lookaheads_slow_weights(cifar, monkeypatch):
+    """6 steps, lookahead every 5: after step 6 the weights are fast ones again; the final
+    evaluation must see the slow weights that finish() hands back, the epochs' evaluations not."""
+    lookaheads, at_slow = [], []
+    real_lookahead = optimizers.Lookahead
+    monkeypatch.setattr(optimizers, 'Lookahead', lambda *a, **k: lookaheads.append(real_lookahead(*a, **k)) or lookaheads[-1])
+    real_evaluate = train.evaluate
+
+    def spy(model, batches, **kw):
+        la = lookaheads[-1]
+        at_slow.append(all(torch.equal(p, s) for p, s in zip(la.params, la.slow)))
+        return real_evaluate(model, batches, **kw)
+    monkeypatch.setattr(train, 'evaluate', spy)
+    data = data_gpu.DeviceCIFAR10(cifar, 'cpu', n_train=384, n_test=100)
+    train.train_run(small_run_hyp(lookahead=1), data, 0, 'cpu', torch.float32, lambda row: None)
+    assert lookaheads[-1].t == 6 and at_slow == [False, False, True]
+
+
+class FakeDataParallel(train.distributed.Group):
+    """Rank 0 of 2 of a data-parallel run, without a process group: no DDP, no barriers."""
+
+    def __init__(self):
+        super().__init__(rank=0, world=2, data_parallel=True)
+
+    def wrap(self, model, device):
+        return model
+
+    def barrier(self):
+        pass
+
+
+def test_a_data_parallel_run_steps_through_the_global_batchs_schedule(cifar, monkeypatch):
+    """Each rank takes n_train / global batch steps per epoch, at the one-process run's settings
+    (lr, momentum, decay per step), although its own slice of each batch is half as large."""
+    seen = []
+    real_epoch = train.train_epoch
+    monkeypatch.setattr(train, 'train_epoch', lambda model, opt, batches, settings, *a: seen.append(list(settings))
+                        or real_epoch(model, opt, batches, settings, *a))
+    h = small_run_hyp()
+    data = data_gpu.DeviceCIFAR10(cifar, 'cpu', n_train=512, n_test=100)
+    train.train_run(h, data, 0, 'cpu', torch.float32, lambda row: None, group=FakeDataParallel())
+    expected = schedules.step_settings(h, 512 // 128)  # one process, the whole batch
+    assert [len(s) for s in seen] == [4, 4] and seen[0] + seen[1] == expected
+
+
+def test_warm_up_evaluates_the_full_and_the_last_partial_test_batch(cifar, monkeypatch):
+    """250 test images in batches of 100: warm-up must meet both shapes (100 and 50), or cuDNN
+    tunes the last one inside the clock."""
+    sizes = []
+    real_evaluate = train.evaluate
+    monkeypatch.setattr(train, 'evaluate', lambda model, batches, **kw: real_evaluate(
+        model, [sizes.append(len(y)) or (x, y) for x, y in batches], **kw))
+    data = data_gpu.DeviceCIFAR10(cifar, 'cpu', n_train=512, n_test=250)
+    train.warm_up(small_run_hyp(), data, 'cpu', torch.float32)
+    assert sorted(sizes) == [50, 100]

@@ -121,6 +121,28 @@ def test_ghost_batchnorm_normalises_each_sub_batch_on_its_own():
         torch.testing.assert_close(bn(x[:rows]), plain(x[:rows]))
     bn.eval(), plain.eval()
     torch.testing.assert_close(bn(x), plain(x))
+    half = networks.GhostBatchNorm(3, ghost_size=4)(x.half())  # fp32 statistics, the fp16 net's dtype out
+    assert half.dtype == torch.float16, 'an fp16 conv cannot take the fp32 activations after ghost BN'
+
+
+def test_resnet9_residual_block_adds_its_input():
+    """With the body's last BN zeroed, the body outputs relu(0) = 0 and the block passes its input
+    through: the skip connection is there (the parameter count cannot tell)."""
+    torch.manual_seed(0)
+    block = networks.Residual(4)
+    with torch.no_grad():
+        block.body[1][1].weight.zero_(), block.body[1][1].bias.zero_()
+    x = torch.randn(2, 4, 8, 8)
+    assert torch.equal(block(x), x)
+
+
+def test_airbench_conv_group_pools_before_its_first_batchnorm():
+    """conv -> pool -> BN: the first BN sees the pooled 16x16 map of a 32x32 input, the second the same."""
+    group, seen = networks.ConvGroup(3, 8), []
+    for norm in (group.norm1, group.norm2):
+        norm.register_forward_pre_hook(lambda m, inputs: seen.append(tuple(inputs[0].shape)))
+    assert group(torch.randn(2, 3, 32, 32)).shape == (2, 8, 16, 16)
+    assert seen == [(2, 8, 16, 16), (2, 8, 16, 16)]
 
 
 def test_resnet9_tricks_are_wired_as_post_8_has_them(images):
