@@ -35,6 +35,7 @@ OPT_TESTS = ['tests/test_optim.py', 'tests/test_optimizers.py', 'tests/test_loss
 # the networks and train.py's loop: the quick files first, then those that train whole runs
 NET_TESTS = [['tests/test_networks.py', 'tests/test_model.py'],
              ['tests/test_recipes.py', 'tests/test_cli.py', 'tests/test_torch_compile.py']]
+CLI_TESTS = ['tests/test_cli.py', '-k', 'bad_values or boundar']  # the in-process refusals and acceptances
 LOOP_TESTS = [['tests/test_model.py', 'tests/test_networks.py', 'tests/test_mix.py', 'tests/test_loss_scale.py'],
               ['tests/test_cli.py', 'tests/test_recipes.py', 'tests/test_blf.py', 'tests/test_distributed.py',
                'tests/test_torch_compile.py', 'tests/test_train_many.py', 'tests/test_no_sync.py']]
@@ -315,6 +316,31 @@ MUTANTS = [
      'return self.linear(self.dropout(self.pool(x).flatten(1)))', "ResNet-9's logits not scaled by 0.125", NET_TESTS),
     ('N20', 'networks.py', 'options.update({key: hyp[key] for key in RESNET9_OPTIONS})', 'options.update({})',
      "ResNet-9's options (post 8's tricks, dropout) never reach the network", NET_TESTS),
+    # cli.py: what a run refuses before any work, and the values at each bound it must accept
+    ('L1', 'cli.py', '(args.epochs >= 1,', '(args.epochs > 1,', '--epochs 1 refused', CLI_TESTS),
+    ('L2', 'cli.py', '(0 <= args.lr_peak < 1,', '(0 <= args.lr_peak <= 1,', '--lr-peak 1 (no decay at all) accepted', CLI_TESTS),
+    ('L3', 'cli.py', '(0 <= args.momentum < 1,', '(0 < args.momentum < 1,', '--momentum 0 (plain SGD) refused', CLI_TESTS),
+    ('L4', 'cli.py', '(not args.ghost_bn or args.batch_size % args.ghost_bn == 0)', '(True)',
+     '--ghost-bn that does not divide the batch accepted', CLI_TESTS),
+    ('L5', 'cli.py', '(0 <= args.crop_pad <= 16,', '(0 <= args.crop_pad <= 32,', '--crop-pad beyond half the image accepted', CLI_TESTS),
+    ('L6', 'cli.py', '(args.blf is None or 0 < args.blf <= 1,', '(args.blf is None or 0 <= args.blf <= 1,',
+     '--blf 0 (keep nothing) accepted', CLI_TESTS),
+    ('L7', 'cli.py', '(args.blf is None or 0 < args.blf <= 1,', '(args.blf is None or 0 < args.blf < 1,',
+     '--blf 1 (keep every row, BLF\'s own control) refused', CLI_TESTS),
+    ('L8', 'cli.py', '    if args.batch_size > n_train:', '    if args.batch_size >= n_train:',
+     'a batch of the whole training set refused', CLI_TESTS),
+    ('L9', 'cli.py', 'min_samples(args.blf_bottom, args.batch_size) >= args.batch_size', 'min_samples(args.blf_bottom, args.batch_size) > args.batch_size',
+     '--blf-bottom that leaves no top row accepted', CLI_TESTS),
+    ('L10', 'cli.py', 'args.batch_size <= MAX_BATCH,', 'args.batch_size < MAX_BATCH,',
+     "--blf-impl triton refuses its own largest batch", CLI_TESTS),
+    ('L11', 'cli.py', "args.precision in ('amp', 'fp32') or", "args.precision in ('amp',) or",
+     '--optimizer adam --precision fp32 refused', CLI_TESTS),
+    ('L12', 'cli.py', "(args.subset_control == 'none' or args.blf is not None,", "(True,",
+     '--subset-control random without --blf (no subset size) accepted', CLI_TESTS),
+    ('L13', 'cli.py', "(0 <= args.blf_min_samples <= 1,", "(0 <= args.blf_min_samples < 1,",
+     '--blf-min-samples 1 (every row) refused', CLI_TESTS),
+    ('L14', 'cli.py', "(args.n_train is None or 1 <= args.n_train <= 50000,", "(args.n_train is None or 1 <= args.n_train < 50000,",
+     '--n-train 50000 (the whole set) refused', CLI_TESTS),
     # train.py: evaluation and TTA, the loss sums, the run's epochs, warm-up
     ('E1', 'train.py', 'views = [x] if level == 0 else [x, x.flip(3)]', 'views = [x] if level == 0 else [x, x.flip(2)]',
      'flip TTA mirrors the image upside down', LOOP_TESTS),
