@@ -1,6 +1,7 @@
 """train.py as a user runs it: --help, errors, and short end-to-end runs on the CPU with real data."""
 import json
 import os
+import re
 
 import pytest
 import torch
@@ -86,8 +87,9 @@ def one_line_error(res, pattern):
 ])
 def test_bad_values_give_one_line_errors(args, pattern, tmp_path, capsys):
     # in-process: the same main() a user runs; a few cases below also run as real processes
+    # no data where it looks: a check that slips fails at once on the missing data instead of training a run
     try:
-        code = train.main([*args, '--out-dir', str(tmp_path)])
+        code = train.main([*args, '--out-dir', str(tmp_path), '--data-dir', str(tmp_path / 'no-data'), '--no-download'])
     except SystemExit as e:  # argparse's own errors
         code = e.code
     err = capsys.readouterr().err
@@ -95,6 +97,42 @@ def test_bad_values_give_one_line_errors(args, pattern, tmp_path, capsys):
     lines = err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith('error:') and pattern in lines[0], err
     assert not os.listdir(tmp_path), 'nothing may be written for a rejected command'
+
+
+# Each bound once on each side: the value at the bound is a real setting someone runs (`--blf 1` is BLF's own
+# control, `--momentum 0` plain SGD, a batch of the whole set), and the value just past it is refused by name.
+BOUNDARIES = [
+    (['--epochs', '1'], None), (['--epochs', '0.99'], '--epochs must be at least 1'),
+    (['--lr-peak', '0'], None), (['--lr-peak', '0.99'], None), (['--lr-peak', '1'], '--lr-peak must be in [0, 1)'),
+    (['--momentum', '0'], None), (['--momentum', '1'], '--momentum must be in [0, 1)'),
+    (['--ghost-bn', '64'], None), (['--ghost-bn', '48'], '--ghost-bn must be >= 0 and divide --batch-size 512'),
+    (['--crop-pad', '16'], None), (['--crop-pad', '17'], '--crop-pad must be in 0..16'),
+    (['--blf', '1'], None), (['--blf', '0'], '--blf must be in (0, 1]'), (['--blf', '1.01'], '--blf must be in (0, 1]'),
+    (['--batch-size', '50000'], None), (['--batch-size', '50001'], 'larger than the training set (50000 images)'),
+    (['--n-train', '50000'], None), (['--n-train', '50001'], '--n-train must be in 1..50000'),
+    (['--n-train', '1', '--batch-size', '1'], None), (['--n-train', '0'], '--n-train must be in 1..50000'),
+    (['--blf', '0.9', '--blf-bottom', '0.5'], None),
+    (['--blf', '0.9', '--blf-bottom', '0.999', '--batch-size', '512'], 'leave at least one for the top'),
+    (['--blf', '0.9', '--batch-size', '4096'], None),
+    (['--blf', '0.9', '--batch-size', '4097'], '--blf-impl triton takes batches up to 4096'),
+    (['--blf', '0.9', '--batch-size', '4097', '--blf-impl', 'torch'], None),
+    (['--optimizer', 'adam', '--precision', 'fp32'], None), (['--optimizer', 'adam', '--precision', 'amp'], None),
+    (['--optimizer', 'adam', '--precision', 'bf16'], '--optimizer adam needs fp32 weights'),
+    (['--blf', '0.9', '--subset-control', 'random'], None),
+    (['--subset-control', 'random'], '--subset-control random needs --blf P'),
+    (['--blf', '0.9', '--blf-min-samples', '1'], None), (['--blf', '0.9', '--blf-min-samples', '0'], None),
+    (['--blf', '0.9', '--blf-min-samples', '1.01'], '--blf-min-samples must be in [0, 1]'),
+]
+
+
+@pytest.mark.parametrize('args, refusal', BOUNDARIES)
+def test_a_value_at_its_boundary_is_accepted_and_one_past_it_refused(args, refusal, tmp_path):
+    parsed = cli.parse_args([*args, '--device', 'cpu', '--out-dir', str(tmp_path)])
+    if refusal is None:
+        cli.check_args(parsed)
+    else:
+        with pytest.raises(cli.UserError, match=re.escape(refusal)):
+            cli.check_args(parsed)
 
 
 @pytest.mark.parametrize('args, pattern', [(['--epochs', '0'], '--epochs must be at least 1'),
