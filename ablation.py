@@ -355,7 +355,7 @@ def main(argv=None):
         device = cli.use_device(args.device)  # cuda:N becomes the current device
     except cli.UserError as e:
         sys.exit(f'error: {e}')
-    dtype = torch.float16 if device.type == 'cuda' else torch.float32
+    dtype = networks.PRECISIONS[networks.resolve_precision('auto', device)][0]  # train.py's default: fp16 on a GPU
     torch.backends.cudnn.benchmark = device.type == 'cuda'
     try:
         cifar = data_gpu.load_cifar10(args.data_dir, download=True)

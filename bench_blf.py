@@ -82,7 +82,7 @@ def main(argv=None):
         device = cli.use_device(args.device)  # cuda:N becomes the current device
     except cli.UserError as e:
         sys.exit(f'error: {e}')
-    dtype = torch.float16 if device.type == 'cuda' else torch.float32
+    dtype = networks.PRECISIONS[networks.resolve_precision('auto', device)][0]  # train.py's default: fp16 on a GPU
     if device.type == 'cuda':
         torch.backends.cudnn.benchmark = True
     backends = {'triton': blf_step.blf_backend('triton', device), 'torch': blf_step.blf_backend('torch', device)}
