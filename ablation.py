@@ -206,7 +206,7 @@ def precision_ablations(hyp, device, dtype, steps):
     for name, abl_dtype, options, benchmark in ABLATIONS:
         d = abl_dtype or dtype
         saved = torch.backends.cudnn.benchmark
-        torch.backends.cudnn.benchmark = benchmark and device.type == 'cuda'
+        torch.backends.cudnn.benchmark = benchmark  # only cuDNN reads it: on a CPU it changes nothing
         try:
             model, opt = fresh(hyp, device, d, **options)
             x, y = random_batch(hyp['batch_size'], device, d, channels_last=options.get('channels_last', True))

@@ -273,8 +273,7 @@ def test_precision_ablations_feed_each_model_its_layout_and_restore_cudnn_benchm
         dtype, x_nchw, w_nchw, benchmark = seen[i]
         assert x_nchw == w_nchw == (i == nchw), (name, 'images and weights share one layout')
         assert dtype == {'bf16 instead of fp16': torch.bfloat16}.get(name, torch.float32), name
-        if name == 'cudnn.benchmark off':
-            assert not benchmark
+        assert benchmark is (name != 'cudnn.benchmark off'), name
 
 
 def test_the_ceilings_count_two_flops_per_multiply_add_and_a_copy_as_read_plus_write(monkeypatch):
