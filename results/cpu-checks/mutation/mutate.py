@@ -41,6 +41,7 @@ LOOP_TESTS = [['tests/test_model.py', 'tests/test_networks.py', 'tests/test_mix.
                'tests/test_torch_compile.py', 'tests/test_train_many.py', 'tests/test_no_sync.py']]
 # profile.py's ablation and bench_blf.py: the profile tests, then the benchmark's
 PROFILE_TESTS = [['tests/test_profile.py'], ['tests/test_blf.py', '-k', 'bench']]
+DIST_TESTS = ['tests/test_distributed.py']  # two real processes under torchrun on gloo
 
 # (id, file, old text (must occur exactly once), new text, the bug it stands for, the tests to run:
 # pytest's arguments, or a list of such passes, each run only when the one before it passed)
@@ -461,6 +462,29 @@ MUTANTS = [
      "the step time is its 20th percentile, not its median: the overhead comes out high", PROFILE_TESTS),
     ('A30', 'bench_blf.py', "    if args.reps < 1:", "    if args.reps < 0:",
      '--reps 0 accepted: a crash with a traceback', PROFILE_TESTS),
+    # distributed.py: several processes under torchrun (gloo on the CPU)
+    ('G1', 'distributed.py', 'list(seeds)[self.rank::self.world]', 'list(seeds)[self.rank:]',
+     'every rank trains the seeds from its own rank on: runs trained twice', DIST_TESTS),
+    ('G2', 'distributed.py', 'self.data_parallel = data_parallel and world > 1', 'self.data_parallel = data_parallel',
+     'a single process asked for --data-parallel wraps its model in DDP without a process group', DIST_TESTS),
+    ('G3', 'distributed.py', 'return list(seeds) if self.data_parallel or not self.active else',
+     'return list(seeds) if not self.active else',
+     'a data-parallel job splits the seeds too: each rank trains a different run on its slice', DIST_TESTS),
+    ('G4', 'distributed.py', '        if not self.active:\n            return [obj]', '        if True:\n            return [obj]',
+     "rank 0's record holds only its own runs", DIST_TESTS),
+    ('G5', 'distributed.py', '        start = self.rank * size\n', '        start = 0\n',
+     'every rank trains the first slice of each global batch', DIST_TESTS),
+    ('G6', 'distributed.py', '        size = len(y) // self.world\n', '        size = len(y) // self.world // 2\n',
+     'each rank trains half its slice', DIST_TESTS),
+    ('G7', 'distributed.py', '        if not self.data_parallel:\n            return model\n        ids',
+     '        if True:\n            return model\n        ids',
+     'no DistributedDataParallel: the ranks never average their gradients and drift apart', DIST_TESTS),
+    ('G8', 'distributed.py', '    return int(os.environ.get(\'WORLD_SIZE\', \'1\'))', '    return int(os.environ.get(\'LOCAL_WORLD_SIZE\', \'1\'))',
+     'the world is counted on one node only', DIST_TESTS),
+    ('G9', 'distributed.py', '    return Group(rank, world, local, data_parallel), device_text',
+     '    return Group(rank, world, local), device_text', '--data-parallel under torchrun ignored: the seeds are spread instead', DIST_TESTS),
+    ('G10', 'distributed.py', '        if self.active:\n            dist.barrier()', '        if False:\n            dist.barrier()',
+     "no barrier between a data-parallel run's epochs: rank 0's clock stops before the slowest rank", DIST_TESTS),
 ]
 
 
