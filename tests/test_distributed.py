@@ -48,6 +48,64 @@ def without_clock(rows, drop=('rank', 'device')):
     return [{k: v for k, v in r.items() if not k.endswith('_s') and k not in drop} for r in rows]
 
 
+# ----------------------------------------------------------------------------------------------
+# Group's rules in one process (first: the torchrun tests below run them for real, on 2 ranks,
+# and a broken rule can hang those until their timeout)
+
+def test_a_group_spreads_seeds_round_robin_and_a_data_parallel_one_trains_them_all():
+    seeds = range(10, 17)
+    assert [distributed.Group(r, 3).my_seeds(seeds) for r in range(3)] == [[10, 13, 16], [11, 14], [12, 15]]
+    assert distributed.Group(2, 3, data_parallel=True).my_seeds(seeds) == list(seeds)
+    assert distributed.Group().my_seeds(seeds) == list(seeds)
+
+
+def test_data_parallel_needs_a_second_rank():
+    alone = distributed.Group(data_parallel=True)
+    assert not alone.data_parallel and not alone.active
+    model = torch.nn.Linear(2, 2)
+    assert alone.wrap(model, torch.device('cpu')) is model, 'no DDP (and no process group) for one process'
+    x, y = torch.arange(8).view(8, 1), torch.arange(8)
+    assert alone.local_batch(x, y)[1].tolist() == list(range(8))
+
+
+def test_each_data_parallel_rank_takes_its_own_contiguous_slice():
+    x, y = torch.arange(24).view(12, 2), torch.arange(12)
+    slices = [distributed.Group(r, 4, data_parallel=True).local_batch(x, y) for r in range(4)]
+    assert [s[1].tolist() for s in slices] == [[0, 1, 2], [3, 4, 5], [6, 7, 8], [9, 10, 11]]
+    assert all(torch.equal(sx, x[sy]) for sx, sy in slices)
+
+
+def test_barriers_and_gathers_reach_torch_distributed_only_with_several_ranks(monkeypatch):
+    calls = []
+    monkeypatch.setattr(distributed.dist, 'barrier', lambda: calls.append('barrier'))
+
+    def all_gather_object(out, obj):
+        calls.append('gather')
+        out[:] = [f'{obj} from rank {r}' for r in range(len(out))]
+    monkeypatch.setattr(distributed.dist, 'all_gather_object', all_gather_object)
+    distributed.Group().barrier()
+    assert distributed.Group().gather('x') == ['x'] and calls == []
+    pair = distributed.Group(1, 2)
+    pair.barrier()
+    assert pair.gather('x') == ['x from rank 0', 'x from rank 1'] and calls == ['barrier', 'gather']
+
+
+def test_the_world_counts_every_node_and_join_keeps_data_parallel(monkeypatch):
+    monkeypatch.setenv('WORLD_SIZE', '16')
+    monkeypatch.setenv('LOCAL_WORLD_SIZE', '8')
+    assert distributed.world_size() == 16 and distributed.under_torchrun()
+    monkeypatch.setenv('RANK', '9')
+    monkeypatch.setenv('LOCAL_RANK', '1')
+    monkeypatch.setattr(distributed.dist, 'init_process_group', lambda backend: None)
+    group, device = distributed.join('cpu', data_parallel=True)
+    assert (group.rank, group.world, group.local_rank, group.data_parallel, device) == (9, 16, 1, True, 'cpu')
+    monkeypatch.delenv('WORLD_SIZE')
+    assert distributed.world_size() == 1 and not distributed.under_torchrun()
+
+# ----------------------------------------------------------------------------------------------
+# torchrun, 2 processes on gloo
+
+
 def test_seeds_spread_over_two_ranks_give_the_record_one_process_gives(cifar_dir, tmp_path):
     res = torchrun('train.py', *SMALL, '--data-dir', cifar_dir, '--runs', 3, '--seed', 5, '--out-dir', tmp_path / 'two')
     assert res.returncode == 0, res.stderr[-3000:]
@@ -123,3 +181,4 @@ def test_a_data_parallel_rank_warms_up_and_steps_at_its_slice_of_the_batch():
     assert rank['batch_size'] == 128 and rank['lr'] == h['lr'] and rank['weight_decay'] == h['weight_decay']
     assert rank['loss_scale'] == optimizers.loss_scale(h), 'the loss scale is the global batch\'s'
     assert train.rank_hyp(h, distributed.Group(rank=1, world=4, local_rank=1)) is h, 'seeds over ranks: whole batches'
+
