@@ -41,6 +41,7 @@ LOOP_TESTS = [['tests/test_model.py', 'tests/test_networks.py', 'tests/test_mix.
                'tests/test_torch_compile.py', 'tests/test_train_many.py', 'tests/test_no_sync.py']]
 # profile.py's ablation and bench_blf.py: the profile tests, then the benchmark's
 PROFILE_TESTS = [['tests/test_profile.py'], ['tests/test_blf.py', '-k', 'bench']]
+LOAD_TESTS = ['tests/test_data.py']  # reading CIFAR-10 from disk, the cache, the first N images
 DIST_TESTS = ['tests/test_distributed.py']  # two real processes under torchrun on gloo
 
 # (id, file, old text (must occur exactly once), new text, the bug it stands for, the tests to run:
@@ -485,6 +486,30 @@ MUTANTS = [
      '    return Group(rank, world, local), device_text', '--data-parallel under torchrun ignored: the seeds are spread instead', DIST_TESTS),
     ('G10', 'distributed.py', '        if self.active:\n            dist.barrier()', '        if False:\n            dist.barrier()',
      "no barrier between a data-parallel run's epochs: rank 0's clock stops before the slowest rank", DIST_TESTS),
+    # data_gpu.py: from disk to tensors (every accuracy rests on reading the right images and labels)
+    ('F1', 'data_gpu.py', "np.uint8)).reshape(-1, 3, 32, 32)", "np.uint8)).reshape(-1, 32, 32, 3).permute(0, 3, 1, 2)",
+     "the batches' rows read as HWC images: scrambled pixels", LOAD_TESTS),
+    ('F2', 'data_gpu.py', '    test_x, test_y = _read_batches(folder, TEST_FILES)', '    test_x, test_y = _read_batches(folder, TRAIN_FILES[-1:])',
+     'the test set is a training batch (10,000 images too): accuracy on seen images', LOAD_TESTS),
+    ('F3', 'data_gpu.py', "        ok = (blob['version'] == CACHE_VERSION and _crc(data) == blob['crc']",
+     "        ok = (blob['version'] == CACHE_VERSION",
+     'a damaged cache is trusted', LOAD_TESTS),
+    ('F4', 'data_gpu.py', "sig.append((name, st.st_size if st else -1, st.st_mtime_ns if st else -1))",
+     "sig.append((name, st.st_size if st else -1, -1))",
+     'a batch replaced by one of the same size leaves the cache stale', LOAD_TESTS),
+    ('F5', 'data_gpu.py', "if int(y.min()) < 0 or int(y.max()) > 9:", "if int(y.min()) < 0 or int(y.max()) > 10:",
+     'label 10 accepted: a damaged batch trains', LOAD_TESTS),
+    ('F6', 'data_gpu.py', "    if len(train_x) != 50000 or len(test_x) != 10000:", "    if len(train_x) < 10000 or len(test_x) < 1000:",
+     'a partial CIFAR-10 trains as if it were the full one', LOAD_TESTS),
+    ('F7', 'data_gpu.py', "        train_x, train_y = data['train_x'][:n_train], data['train_y'][:n_train]",
+     "        train_x, train_y = data['train_x'][-n_train if n_train else 0:], data['train_y'][-n_train if n_train else 0:]",
+     '--n-train N takes the last N images, not the first', LOAD_TESTS),
+    ('F8', 'data_gpu.py', "    return ((images_u8.float() - mean) / std).to(dtype)", "    return ((images_u8.float() - mean) / 255).to(dtype)",
+     'the images are scaled by 255, not by their per-channel std', LOAD_TESTS),
+    ('F9', 'data_gpu.py', "MEAN = (125.307, 122.950, 113.865)", "MEAN = (113.865, 122.950, 125.307)",
+     "the channel means in BGR order", LOAD_TESTS),
+    ('F10', 'data_gpu.py', "        os.replace(tmp, cache)\n", "        pass\n",
+     'the cache is never written: every start reads and unpickles the batches again', LOAD_TESTS),
 ]
 
 
