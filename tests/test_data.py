@@ -35,6 +35,23 @@ def test_normalized_real_training_set_has_zero_mean_unit_std(cifar):
     assert (x.transpose(0, 1).reshape(3, -1).std(dim=1) - 1).abs().max() < 0.02
 
 
+def test_the_batches_are_read_in_their_documented_layout_and_the_cache_holds_them(cifar_dir, cifar):
+    """CIFAR-10's page: each row of `data` is one image, 1024 red values, then 1024 green, then 1024
+    blue, each plane row-major. The other tests get the real data from its cache, so this one
+    reads the batches themselves and checks the cache against them."""
+    folder = os.path.join(cifar_dir, data_gpu.FOLDER)
+    with open(os.path.join(folder, 'data_batch_1'), 'rb') as fh:
+        raw = pickle.load(fh, encoding='bytes')
+    x, y = data_gpu._read_batches(folder, ['data_batch_1'])
+    image = np.asarray(raw[b'data'][7])
+    for channel in range(3):
+        assert torch.equal(x[7, channel], torch.from_numpy(image[1024 * channel:1024 * (channel + 1)].reshape(32, 32)))
+    assert y.tolist() == raw[b'labels']
+    assert torch.equal(cifar['train_x'][:10000], x) and torch.equal(cifar['train_y'][:10000], y)
+    test_x, test_y = data_gpu._read_batches(folder, data_gpu.TEST_FILES)
+    assert torch.equal(cifar['test_x'], test_x) and torch.equal(cifar['test_y'], test_y)
+
+
 # ---- disk formats, cache and errors, on a small fake data set in the official layout --------
 
 def write_fake_folder(root, seed=0):
@@ -132,6 +149,35 @@ def test_corrupt_archive_with_right_md5_gives_clear_error(tmp_path, monkeypatch)
     with pytest.raises(DataError, match='is damaged: it could not be extracted') as err:
         data_gpu.load_cifar10(str(tmp_path), download=False)
     assert 'delete' not in str(err.value) and ARCHIVE_MD5_OFFICIAL in str(err.value)
+
+
+def rewrite_batch(folder, name, change):
+    path = os.path.join(folder, name)
+    with open(path, 'rb') as fh:
+        batch = pickle.load(fh)
+    change(batch)
+    with open(path, 'wb') as fh:
+        pickle.dump(batch, fh)
+
+
+@pytest.mark.parametrize('label', [10, -1])
+def test_a_label_outside_0_to_9_is_refused(tmp_path, label):
+    folder = write_fake_folder(tmp_path)
+    rewrite_batch(folder, 'test_batch', lambda b: b[b'labels'].__setitem__(123, label))
+    with pytest.raises(DataError, match='has labels outside 0..9'):
+        data_gpu.load_cifar10(str(tmp_path), download=False)
+
+
+@pytest.mark.parametrize('name', ['data_batch_5', 'test_batch'])
+def test_a_batch_one_image_short_is_not_the_full_cifar10(tmp_path, name):
+    folder = write_fake_folder(tmp_path)
+
+    def drop_the_last_image(b):
+        b[b'data'], b[b'labels'] = b[b'data'][:-1], b[b'labels'][:-1]
+    rewrite_batch(folder, name, drop_the_last_image)
+    with pytest.raises(DataError, match='it is not the full CIFAR-10'):
+        data_gpu.load_cifar10(str(tmp_path), download=False)
+    assert not os.path.exists(os.path.join(tmp_path, data_gpu.CACHE)), 'nothing is cached from a partial set'
 
 
 def test_damaged_batch_file_gives_clear_error(tmp_path):
