@@ -240,8 +240,42 @@ def stop(proc, echo, interrupt=True):
     except (TimeoutError, OutOfTime):
         pass
     if proc.poll() is None:
-        proc.kill()
-        proc.wait()
+        kill_tree(proc)
+
+
+def descendants(pid):
+    """Every process below pid, read from Linux's /proc ([] where there is none). torchrun starts
+    each worker in a session of its own: killing the launcher, or its process group, leaves the
+    workers running, holding their GPU and the launcher's output pipe."""
+    children = {}
+    try:
+        entries = [e for e in os.listdir('/proc') if e.isdigit()]
+    except OSError:
+        return []
+    for entry in entries:
+        try:
+            with open(f'/proc/{entry}/stat') as fh:
+                ppid = int(fh.read().rsplit(')', 1)[1].split()[1])  # 'pid (name) state ppid ...'
+        except (OSError, ValueError, IndexError):  # gone meanwhile
+            continue
+        children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def kill_tree(proc):
+    """SIGKILL proc and every process under it (found before any is killed: an orphan loses its
+    parent link), then reap proc."""
+    for pid in [*descendants(proc.pid), proc.pid]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()
 
 
 def contiguous_blocks(seeds):

@@ -2,6 +2,7 @@
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -77,3 +78,19 @@ def run_script(script, *args, timeout=600):
     """Run one of the repo's scripts in a subprocess from the repo root; returns CompletedProcess."""
     return subprocess.run([sys.executable, str(REPO / script), *map(str, args)], cwd=REPO,
                           capture_output=True, text=True, timeout=timeout)
+
+
+def process_running(pid):
+    """Whether pid is alive: a zombie, waiting for a parent to reap it, has ended (Linux /proc)."""
+    try:
+        with open(f'/proc/{pid}/stat') as fh:
+            return fh.read().rsplit(')', 1)[1].split()[0] not in 'ZX'
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+
+
+def wait_until_ended(pid, seconds=10):
+    deadline = time.monotonic() + seconds
+    while process_running(pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return not process_running(pid)

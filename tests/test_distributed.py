@@ -13,8 +13,9 @@ import distributed
 import dp_step
 import networks
 import optimizers
+import reproduce
 import train
-from conftest import REPO
+from conftest import REPO, wait_until_ended
 
 SMALL = ['--device', 'cpu', '--n-train', 256, '--n-test', 100, '--epochs', 2, '--width', 0.125, '--batch-size', 64]
 
@@ -23,13 +24,13 @@ def torchrun(script, *args, nproc=2, timeout=300):
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', str(nproc),
            str(REPO / script), *map(str, args)]
     env = {**os.environ, 'PYTHONPATH': str(REPO)}  # the helper scripts in tests/ import the repo's modules
-    # a session of its own, so that a hang ends with every rank killed, not only the launcher
+    # a session of its own, away from pytest's signals; a hang ends with kill_tree, which also finds the ranks
     proc = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)
     try:
         out, err = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+        reproduce.kill_tree(proc)  # the workers too: each sits in a session of its own
         proc.communicate()
         raise
     return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
@@ -182,3 +183,20 @@ def test_a_data_parallel_rank_warms_up_and_steps_at_its_slice_of_the_batch():
     assert rank['loss_scale'] == optimizers.loss_scale(h), 'the loss scale is the global batch\'s'
     assert train.rank_hyp(h, distributed.Group(rank=1, world=4, local_rank=1)) is h, 'seeds over ranks: whole batches'
 
+
+def test_kill_tree_ends_torchruns_workers_which_sit_in_sessions_of_their_own(tmp_path):
+    script = tmp_path / 'sleeper.py'
+    script.write_text('import os, time\nprint(os.getpid(), os.getsid(0), flush=True)\ntime.sleep(300)\n')
+    proc = subprocess.Popen([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
+                             str(script)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+                            start_new_session=True)
+    try:
+        workers = [tuple(map(int, proc.stdout.readline().split())) for _ in range(2)]
+        assert all(pid == sid for pid, sid in workers), 'torchrun gives each worker a session of its own'
+        assert {pid for pid, _ in workers} <= set(reproduce.descendants(proc.pid))
+        reproduce.kill_tree(proc)
+        proc.communicate(timeout=30)  # returns only once no worker holds the pipe
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert all(wait_until_ended(pid) for pid, _ in workers)

@@ -15,7 +15,7 @@ import time
 import pytest
 
 import reproduce
-from conftest import REPO, SHARED, run_script
+from conftest import REPO, SHARED, run_script, wait_until_ended
 import record
 import summarize
 from record import code_hash, code_hashes, loaded_code
@@ -823,3 +823,18 @@ def test_sigterm_to_the_process_group_mid_stage_then_a_rerun_finishes_it_without
     assert '--runs 1 --seed 1' in again.stdout
     figures = json.loads((out / 'core' / 'done.json').read_text())['figures']
     assert figures['default']['acc']['n'] == 2 and all(fig['acc']['n'] == 2 for fig in figures.values())
+
+
+def test_a_command_that_outlives_its_grace_is_killed_with_every_process_it_started(monkeypatch):
+    """As torchrun's workers do, the grandchild here sits in a session of its own, and the command
+    ignores Ctrl-C: stop() must leave neither running (nor a GPU held by an orphan)."""
+    monkeypatch.setattr(reproduce, 'STOP_GRACE_S', 1)
+    code = ('import signal, subprocess, sys, time; signal.signal(signal.SIGINT, signal.SIG_IGN); '
+            'child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"], start_new_session=True); '
+            'print(child.pid, flush=True); time.sleep(300)')
+    proc = subprocess.Popen([sys.executable, '-c', code], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    grandchild = int(proc.stdout.readline())
+    started = time.monotonic()
+    reproduce.stop(proc, lambda lines: list(lines))
+    assert proc.returncode == -signal.SIGKILL and time.monotonic() - started < 15
+    assert wait_until_ended(grandchild), 'the grandchild still runs'

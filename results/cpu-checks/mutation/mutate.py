@@ -279,6 +279,8 @@ MUTANTS = [
      "bench or profile run again reads an earlier attempt's folder, or stops", REPRODUCE_TESTS),
     ('P25', 'reproduce.py', '                traceback.print_exc(file=log)\n', '                pass\n',
      "a stage that crashes leaves no traceback in its log", REPRODUCE_TESTS),
+    ('P26', 'reproduce.py', '    if proc.poll() is None:\n        kill_tree(proc)\n', '    if proc.poll() is None:\n        proc.kill()\n        proc.wait()\n',
+     "a command stopped after its grace leaves torchrun's workers running (each sits in a session of its own)", REPRODUCE_TESTS),
     # networks.py: ResNet-9 and its post 8 options, airbench94's net, precision, FLOPs
     ('N1', 'networks.py', 'var = ghosts.var(dim=(1, 3, 4), unbiased=False)', 'var = ghosts.var(dim=(1, 3, 4), unbiased=True)',
      'ghost BN normalises each sub-batch by its unbiased variance', NET_TESTS),
