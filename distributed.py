@@ -16,6 +16,7 @@ within each rank's slice (no collective, no host sync). Rank 0 records; its CUDA
 barriers, so an epoch's time is the slowest rank's.
 """
 import os
+import sys
 
 import torch
 import torch.distributed as dist
@@ -69,10 +70,9 @@ class Group:
         return torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
     def close(self, wait_for_peers=False):
-        """Leave the job. wait_for_peers (every rank finished): a barrier first, so that no collective
-        is still in flight when the process group is torn down; without it gloo's worker threads
-        could abort a rank at exit now and then ("terminate called without an active exception",
-        seen once in CI). A rank that failed leaves at once: its peers may never arrive."""
+        """Leave the job. wait_for_peers (every rank finished): a barrier first, so that no rank
+        tears down its process group while a peer still waits on a collective. A rank that failed
+        leaves at once: its peers may never arrive. The process should then end with end_process."""
         if self.active and dist.is_initialized():
             if wait_for_peers:
                 dist.barrier()
@@ -100,3 +100,19 @@ def join(device_text, data_parallel=False):
         torch.cuda.set_device(local)
     dist.init_process_group('nccl' if cuda else 'gloo')
     return Group(rank, world, local, data_parallel), device_text
+
+
+def end_process(code):
+    """End this process with exit status `code`. Under torchrun, without the interpreter's
+    finalization: gloo's worker threads drop a collective's work object only after the rank has
+    seen it complete, and the work objects of DDP's gradient all-reduces hold Python objects (the
+    autograd engine's context, saved with the thread's state), so a worker thread can be releasing
+    one while the interpreter shuts down; taking the GIL then ends the thread inside C++ and aborts
+    the rank ("terminate called without an active exception", SIGABRT), after it had finished its
+    work. Seen in CI and reproduced here: results/cpu-checks/gloo-exit/. Everything this repo writes
+    is closed by then; only the standard streams need flushing."""
+    if not under_torchrun():
+        sys.exit(code)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

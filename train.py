@@ -520,4 +520,4 @@ def train_runs(args, argv, h, data, device, dtype, backend, record, env, results
 if __name__ == '__main__':
     for sig in (signal.SIGINT, signal.SIGTERM):  # as a script only: in-process callers keep their own handlers
         signal.signal(sig, stop_on_signal)
-    sys.exit(main())
+    distributed.end_process(main())

@@ -44,3 +44,4 @@ if __name__ == '__main__':
     if group.leader:
         torch.save([p.detach() for p in model.parameters()], out)
     group.close(wait_for_peers=True)
+    distributed.end_process(0)

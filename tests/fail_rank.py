@@ -2,6 +2,7 @@
 import os
 import sys
 
+import distributed
 import train
 
 real_run = train.train_run
@@ -14,4 +15,4 @@ def failing_run(*args, **kwargs):
 
 
 train.train_run = failing_run
-sys.exit(train.main(sys.argv[1:]))
+distributed.end_process(train.main(sys.argv[1:]))

@@ -103,6 +103,21 @@ def test_the_world_counts_every_node_and_join_keeps_data_parallel(monkeypatch):
     monkeypatch.delenv('WORLD_SIZE')
     assert distributed.world_size() == 1 and not distributed.under_torchrun()
 
+
+@pytest.mark.parametrize('world, finalized', [('2', False), ('1', True)])
+def test_a_rank_ends_without_the_interpreters_finalization_and_keeps_its_status_and_output(world, finalized):
+    """Under torchrun a rank skips finalization, where gloo's worker threads could abort it (see
+    end_process); a single process exits as usual. Either way its status and unflushed output stay."""
+    code = ('import atexit, sys, distributed\n'
+            'atexit.register(lambda: print("finalized", flush=True))\n'
+            'print("to stdout", end=""); print("to stderr", end="", file=sys.stderr)\n'
+            'distributed.end_process(3)\n')
+    res = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True, timeout=120,
+                         env={**os.environ, 'WORLD_SIZE': world})
+    assert res.returncode == 3
+    assert res.stdout == 'to stdout' + ('finalized\n' if finalized else '') and res.stderr == 'to stderr'
+
+
 # ----------------------------------------------------------------------------------------------
 # torchrun, 2 processes on gloo
 

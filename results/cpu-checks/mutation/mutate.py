@@ -488,6 +488,10 @@ MUTANTS = [
      '    return Group(rank, world, local), device_text', '--data-parallel under torchrun ignored: the seeds are spread instead', DIST_TESTS),
     ('G10', 'distributed.py', '        if self.active:\n            dist.barrier()', '        if False:\n            dist.barrier()',
      "no barrier between a data-parallel run's epochs: rank 0's clock stops before the slowest rank", DIST_TESTS),
+    ('G11', 'distributed.py', '    os._exit(code)\n', '    sys.exit(code)\n',
+     "a torchrun rank goes through finalization, where gloo's worker threads can abort it", DIST_TESTS),
+    ('G12', 'distributed.py', '    sys.stdout.flush()\n    sys.stderr.flush()\n    os._exit(code)', '    os._exit(code)',
+     "a torchrun rank ends with its last output still in the buffers, lost", DIST_TESTS),
     # data_gpu.py: from disk to tensors (every accuracy rests on reading the right images and labels)
     ('F1', 'data_gpu.py', "np.uint8)).reshape(-1, 3, 32, 32)", "np.uint8)).reshape(-1, 32, 32, 3).permute(0, 3, 1, 2)",
      "the batches' rows read as HWC images: scrambled pixels", LOAD_TESTS),
