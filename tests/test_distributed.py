@@ -112,8 +112,9 @@ def test_a_rank_ends_without_the_interpreters_finalization_and_keeps_its_status_
             'atexit.register(lambda: print("finalized", flush=True))\n'
             'print("to stdout", end=""); print("to stderr", end="", file=sys.stderr)\n'
             'distributed.end_process(3)\n')
+    env = {key: value for key, value in os.environ.items() if key != 'PYTHONUNBUFFERED'}  # buffered, as by default
     res = subprocess.run([sys.executable, '-c', code], cwd=REPO, capture_output=True, text=True, timeout=120,
-                         env={**os.environ, 'WORLD_SIZE': world})
+                         env={**env, 'WORLD_SIZE': world})
     assert res.returncode == 3
     assert res.stdout == 'to stdout' + ('finalized\n' if finalized else '') and res.stderr == 'to stderr'
 
