@@ -43,6 +43,11 @@ LOOP_TESTS = [['tests/test_model.py', 'tests/test_networks.py', 'tests/test_mix.
 PROFILE_TESTS = [['tests/test_profile.py'], ['tests/test_blf.py', '-k', 'bench']]
 LOAD_TESTS = ['tests/test_data.py']  # reading CIFAR-10 from disk, the cache, the first N images
 DIST_TESTS = ['tests/test_distributed.py']  # two real processes under torchrun on gloo
+# the recipes: the converted published values first (seconds), then the short runs of each recipe
+RECIPE_TESTS = [['tests/test_recipes.py', '-k', 'hyperparameters or resolve or overrides'], ['tests/test_recipes.py']]
+MANY_TESTS = ['tests/test_train_many.py']
+# the plain-torch reference: the tests' ground truth and --blf-impl torch
+REFERENCE_TESTS = [['tests/test_kernels.py'], ['tests/test_blf.py', 'tests/test_mix.py']]
 
 # (id, file, old text (must occur exactly once), new text, the bug it stands for, the tests to run:
 # pytest's arguments, or a list of such passes, each run only when the one before it passed)
@@ -516,6 +521,77 @@ MUTANTS = [
      "the channel means in BGR order", LOAD_TESTS),
     ('F10', 'data_gpu.py', "        os.replace(tmp, cache)\n", "        pass\n",
      'the cache is never written: every start reads and unpickles the batches again', LOAD_TESTS),
+    # recipes.py: the published recipes, converted to this repo's units
+    ('H1', 'recipes.py', 'AIRBENCH94_LR = 11.5 / (1024 * (1 + 1 / (1 - 0.85))) * 1024\n',
+     'AIRBENCH94_LR = 11.5 / (1024 * (1 + 1 / (1 - 0.85)))\n', "airbench94's lr left in summed-loss units", RECIPE_TESTS),
+    ('H2', 'recipes.py', '(11.5 / (1024 * (1 + 1 / (1 - 0.85)))) / 1024\n', '(11.5 / (1024 * (1 + 1 / (1 - 0.85))))\n',
+     "airbench94's weight decay left in summed-loss units", RECIPE_TESTS),
+    ('H3', 'recipes.py', "'epochs': 9.9, 'momentum': 0.85,", "'epochs': 9.9, 'momentum': 0.9,",
+     "airbench94 with train.py's momentum, not the paper's", RECIPE_TESTS),
+    ('H4', 'recipes.py', "'bn_weight_decay': 1 / 64,\n        # warm-up", "'bn_weight_decay': 64,\n        # warm-up",
+     "airbench94's biases get 64x the decay instead of 1/64", RECIPE_TESTS),
+    ('H5', 'recipes.py', "'lr_start': 0.2, 'lr_peak': 0.23, 'lr_end': 0.07,", "'lr_start': 0.2, 'lr_peak': 0.2, 'lr_end': 0.07,",
+     "airbench94's warm-up ends at 20% of the steps, not 23%", RECIPE_TESTS),
+    ('H6', 'recipes.py', "'lr': MUON_HEAD_LR * batch_size,", "'lr': MUON_HEAD_LR,",
+     "airbench94_muon's head lr left per step of the summed loss", RECIPE_TESTS),
+    ('H7', 'recipes.py', "'weight_decay': 2e-6 / MUON_HEAD_LR,", "'weight_decay': 2e-6 * MUON_HEAD_LR,",
+     "airbench94_muon's weight decay multiplied by the lr instead of divided", RECIPE_TESTS),
+    ('H8', 'recipes.py', "'bn_weight_decay': MUON_HEAD_LR / MUON_BIAS_LR,", "'bn_weight_decay': MUON_BIAS_LR / MUON_HEAD_LR,",
+     "airbench94_muon's biases' decay ratio inverted", RECIPE_TESTS),
+    ('H9', 'recipes.py', "'muon_lr': 0.24, 'muon_momentum': 0.6,", "'muon_lr': 0.24, 'muon_momentum': 0.95,",
+     "Muon's momentum left at the optimizer's usual 0.95", RECIPE_TESTS),
+    ('H10', 'recipes.py', "'ema': 0.99 ** 5,", "'ema': 0.99,",
+     "myrtle-tricks' EMA momentum per update taken as the per-step 0.99", RECIPE_TESTS),
+    ('H11', 'recipes.py', "'ghost_bn': 32,", "'ghost_bn': 16,", 'myrtle-tricks with ghost BatchNorm of 16', RECIPE_TESTS),
+    ('H12', 'recipes.py', "'lr_schedule': '0:0,2:0.9,8:0.09,10:0.09',", "'lr_schedule': '0:0,2:0.9,8:0.09,10:0',",
+     "myrtle-tricks' lr falls to 0 in the last 2 epochs instead of holding", RECIPE_TESTS),
+    ('H13', 'recipes.py', "{**airbench94_muon(2000), 'epochs': 8}", "{**airbench94_muon(2000), 'epochs': 10}",
+     'airbench94-muon trains 10 epochs, not 8', RECIPE_TESTS),
+    ('H14', 'recipes.py', "{**airbench94_muon(1536), 'epochs': 7.6,", "{**airbench94_muon(2000), 'epochs': 7.6,",
+     "fast at airbench94-muon's batch 2000, not hiverge's 1536", RECIPE_TESTS),
+    ('H15', 'recipes.py', "'whiten_bias_decay': 1}", "'whiten_bias_decay': 0}",
+     "airbench94_muon's whitening bias keeps its lr instead of its own decay", RECIPE_TESTS),
+    ('H16', 'recipes.py', "'whiten_bias_epochs': 3.0, 'lookahead': 1,", "'whiten_bias_epochs': 3.0, 'lookahead': 0,",
+     'airbench94 without lookahead', RECIPE_TESTS),
+    # train_many.py: several invocations in one process
+    ('I1', 'train_many.py', "types.add(args.device.split(':')[0])", 'types.add(args.device)',
+     "cuda:0 and cuda:1 count as two device types", MANY_TESTS),
+    ('I2', 'train_many.py', 'if len(types) > 1:', 'if len(types) > 2:', 'a CPU and a GPU invocation mixed in one process', MANY_TESTS),
+    ('I3', 'train_many.py', "    if device_types(invocations) == {'cpu'}:\n        use_triton_interpreter()",
+     "    if device_types(invocations) == {'cpu'}:\n        pass",
+     "on a CPU, a BLF invocation after one without BLF finds triton imported without its interpreter", MANY_TESTS),
+    ('I4', 'train_many.py', '        if code:\n', '        if code == 1:\n', 'an invocation that exits with 2 (a user error) does not stop the rest', MANY_TESTS),
+    ('I5', 'train_many.py', "    for i, flags in enumerate(invocations):\n        args = parse_args(flags)",
+     "    for i, flags in enumerate(invocations[:1]):\n        args = parse_args(flags)",
+     'only the first command line is checked before the runs', MANY_TESTS),
+    ('I6', 'train_many.py', 'return run_all([shlex.split(line) for line in lines])', 'return run_all([line.split() for line in lines])',
+     'a quoted value with a space in an invocation (a folder name) is split in two', MANY_TESTS),
+    ('I7', 'train_many.py', "    if distributed.under_torchrun():  # each", "    if False:  # each",
+     'under torchrun every rank runs every invocation, each joining the job again', MANY_TESTS),
+    ('I8', 'train_many.py', "            raise UserError(f'invocation {i + 1}: {e}') from None",
+     "            raise UserError(f'invocation {i}: {e}') from None", 'a refused command line named by its 0-based index', MANY_TESTS),
+    # kernels/reference.py: the tests' ground truth and --blf-impl torch
+    ('Q1', 'kernels/reference.py', 'descending=True, stable=True)', 'descending=True, stable=False)',
+     'tied losses kept in an order other than the kernel\'s', REFERENCE_TESTS),
+    ('Q2', 'kernels/reference.py', '(cum.double() < threshold)).sum() + 1', '(cum.double() <= threshold)).sum() + 1',
+     'a partial sum equal to the threshold keeps one more row', REFERENCE_TESTS),
+    ('Q3', 'kernels/reference.py', '(cum.double() < threshold)).sum() + 1', '(cum.double() < threshold)).sum()',
+     'the sample that crosses the threshold is dropped', REFERENCE_TESTS),
+    ('Q4', 'kernels/reference.py', 'k = k.clamp(min=k_min, max=n)', 'k = k.clamp(max=n)', 'k_min ignored', REFERENCE_TESTS),
+    ('Q5', 'kernels/reference.py', 'kept_sorted / k_eff)', 'kept_sorted / n)',
+     'the kept rows weighted 1/B instead of 1/k: the loss shrinks with the kept fraction', REFERENCE_TESTS),
+    ('Q6', 'kernels/reference.py', "label_smoothing=smoothing)\n    return losses, torch.logsumexp",
+     "label_smoothing=0.0)\n    return losses, torch.logsumexp", 'the per-sample loss ignores label smoothing', REFERENCE_TESTS),
+    ('Q7', 'kernels/reference.py', "    return t if t.dtype == torch.float64 else t.float()", '    return t',
+     'fp16 logits: the loss computed in fp16', REFERENCE_TESTS),
+    ('Q8', 'kernels/reference.py', "torch.where(kept_sorted, raw, 0.0).sum() / k_eff", "torch.where(kept_sorted, raw, 0.0).sum() / n",
+     "the kept rows' mean loss divided by B", REFERENCE_TESTS),
+    ('Q9', 'kernels/reference.py', 'torch.where(finite, losses.clamp_min(0), torch.inf)', 'torch.where(finite, losses, torch.inf)',
+     'a negative loss enters the sums unclamped', REFERENCE_TESTS),
+    ('Q10', 'kernels/reference.py', "torch.full_like(k, cap) if fill else k.clamp(max=cap)", 'k.clamp(max=cap)',
+     '--blf-fill: the batch is not filled up to the cap', REFERENCE_TESTS),
+    ('Q11', 'kernels/reference.py', "label_smoothing=smoothing)\n    return torch.dot", "label_smoothing=0.0)\n    return torch.dot",
+     'the weighted loss (the backward) ignores label smoothing', REFERENCE_TESTS),
 ]
 
 
