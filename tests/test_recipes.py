@@ -29,6 +29,12 @@ def test_airbench94_hyperparameters_are_the_papers_converted_to_the_mean_loss():
     assert r['lr'] / 1024 == pytest.approx(11.5 / kilostep) == pytest.approx(0.0014648, rel=1e-4)
     assert r['weight_decay'] * 1024 == pytest.approx(0.0153 * 1024 / kilostep / (11.5 / kilostep))
     assert r['lr'] * r['weight_decay'] == pytest.approx(0.0153 * 1024 / kilostep)  # the decay per step
+    # the rest of the paper's recipe: Nesterov momentum 0.85, lookahead, biases at lr x 64 with the
+    # same decay per step, label smoothing 0.2, alternating flip, translate 2, no Cutout, 6-view TTA,
+    # the whitening bias trained for 3 epochs
+    assert (r['momentum'], r['lookahead'], r['bn_lr_scale'], r['bn_weight_decay']) == (0.85, 1, 64, 1 / 64)
+    assert (r['label_smoothing'], r['flip'], r['crop_pad'], r['cutout'], r['tta'], r['whiten_bias_epochs']) == \
+        (0.2, 2, 2, 0, 3, 3)
     h = {**cli.hyp, **r}
     settings = schedules.step_settings(h, 48)  # 48 steps per epoch at batch 1024
     lrs = [s['lr'] for s in settings]
@@ -117,6 +123,7 @@ def test_myrtle_tricks_and_fast_resolve_to_their_published_values():
     fast = cli.parse_args(['--recipe', 'fast'])
     assert (fast.batch_size, fast.epochs, fast.label_smoothing, fast.activation) == (1536, 7.6, 0.09, 'silu')
     assert fast.lr == pytest.approx(0.67 * 1536) and fast.weight_decay == recipes.RECIPES['airbench94-muon']['weight_decay']
+    assert (fast.muon_lr, fast.muon_momentum) == (0.205, 0.655)  # hiverge's Muon settings
     assert 'CANDIDATE, never measured on a GPU' in recipes.NOTES['fast']
 
 
