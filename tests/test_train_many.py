@@ -96,3 +96,12 @@ def test_under_torchrun_it_refuses_in_one_line(cifar_dir, tmp_path):
                          env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 2 and res.stderr.startswith('error: under torchrun, run train.py itself')
     assert len(res.stderr.splitlines()) == 1 and not (tmp_path / 'a').exists()
+
+
+def test_each_invocation_is_split_as_a_shell_splits_it(monkeypatch):
+    """A quoted value keeps its spaces (a folder name), as `python train.py FLAGS` would get it."""
+    import train_many
+    seen = []
+    monkeypatch.setattr(train_many, 'run_all', lambda invocations: seen.extend(invocations) or 0)
+    assert train_many.main(["--epochs 3 --out-dir 'my runs'", '--seed "1"']) == 0
+    assert seen == [['--epochs', '3', '--out-dir', 'my runs'], ['--seed', '1']]
