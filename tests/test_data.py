@@ -275,7 +275,16 @@ def test_download_is_md5_checked_and_extracted(tmp_path, monkeypatch):
     monkeypatch.setattr(data_gpu, 'ARCHIVE_MD5', md5)
     data = data_gpu.load_cifar10(str(tmp_path / 'd'), log=lambda m: None)
     assert (tmp_path / 'd' / data_gpu.ARCHIVE).read_bytes() == archive.read_bytes()
+    assert sorted(p.name for p in (tmp_path / 'd').iterdir()) == sorted([data_gpu.ARCHIVE, data_gpu.FOLDER, data_gpu.CACHE])
     assert data['train_x'].shape == (50000, 3, 32, 32)
+
+
+def test_a_download_copies_every_byte_past_its_first_chunks(tmp_path):
+    """The fake archive fits in one chunk of the download's loop; the real one (163 MiB) does not."""
+    payload = np.random.default_rng(0).integers(0, 256, 3 * 2**20 + 12345, dtype=np.uint8).tobytes()
+    (tmp_path / 'blob').write_bytes(payload)
+    data_gpu._fetch((tmp_path / 'blob').as_uri(), str(tmp_path / 'blob.part'))
+    assert (tmp_path / 'blob.part').read_bytes() == payload
 
 
 # ---- augmentation ------------------------------------------------------------------------------

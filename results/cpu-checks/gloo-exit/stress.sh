@@ -10,12 +10,12 @@ trap 'kill $spinners 2>/dev/null' EXIT
 echo "repo $(git -C "$repo" rev-parse --short HEAD)$(git -C "$repo" diff --quiet || echo '+changes'), $n runs, ${SPIN:-2} spinners, $(nproc) cores, torch $(python3 -c 'import torch; print(torch.__version__)'), $(date -u +%FT%TZ)"
 fails=0
 for i in $(seq 1 "$n"); do
-  log=$(mktemp)
+  log=$(mktemp); out=$(mktemp -u).pt
   if ! PYTHONPATH="$repo" timeout 300 python3 -m torch.distributed.run --standalone --nproc_per_node 2 \
-       "$repo/tests/dp_step.py" "$data" "$(mktemp -u).pt" > "$log" 2>&1; then
+       "$repo/tests/dp_step.py" "$data" "$out" > "$log" 2>&1; then
     fails=$((fails + 1))
     echo "run $i failed: $(grep -m1 -E 'terminate called|Error|error' "$log")"
   fi
-  rm -f "$log"
+  rm -f "$log" "$out"
 done
 echo "failed $fails of $n"
