@@ -243,6 +243,14 @@ def stop(proc, echo, interrupt=True):
         kill_tree(proc)
 
 
+def proc_stat(pid):
+    """The fields of Linux's /proc/PID/stat after the process's name: [state, ppid, ...]. The name,
+    in parentheses, may itself hold spaces and parentheses, so the split is at the last ')'.
+    OSError when there is no such process."""
+    with open(f'/proc/{pid}/stat') as fh:
+        return fh.read().rsplit(')', 1)[1].split()
+
+
 def descendants(pid):
     """Every process below pid, read from Linux's /proc ([] where there is none). torchrun starts
     each worker in a session of its own: killing the launcher, or its process group, leaves the
@@ -254,8 +262,7 @@ def descendants(pid):
         return []
     for entry in entries:
         try:
-            with open(f'/proc/{entry}/stat') as fh:
-                ppid = int(fh.read().rsplit(')', 1)[1].split()[1])  # 'pid (name) state ppid ...'
+            ppid = int(proc_stat(entry)[1])
         except (OSError, ValueError, IndexError):  # gone meanwhile
             continue
         children.setdefault(ppid, []).append(int(entry))

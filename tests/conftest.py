@@ -22,6 +22,7 @@ if os.environ.get('PYTEST_XDIST_WORKER'):
     torch.set_num_threads(1)
 
 import data_gpu  # noqa: E402
+import reproduce  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = REPO.parent / 'shared' / 'cifar10'
@@ -83,8 +84,7 @@ def run_script(script, *args, timeout=600):
 def process_running(pid):
     """Whether pid is alive: a zombie, waiting for a parent to reap it, has ended (Linux /proc)."""
     try:
-        with open(f'/proc/{pid}/stat') as fh:
-            return fh.read().rsplit(')', 1)[1].split()[0] not in 'ZX'
+        return reproduce.proc_stat(pid)[0] not in 'ZX'
     except (FileNotFoundError, ProcessLookupError):
         return False
 
