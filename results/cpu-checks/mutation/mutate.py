@@ -48,6 +48,7 @@ RECIPE_TESTS = [['tests/test_recipes.py', '-k', 'hyperparameters or resolve or o
 MANY_TESTS = ['tests/test_train_many.py']
 # the plain-torch reference: the tests' ground truth and --blf-impl torch
 REFERENCE_TESTS = [['tests/test_kernels.py'], ['tests/test_blf.py', 'tests/test_mix.py']]
+DOC_TESTS = ['tests/test_readme.py']  # the READMEs' commands and flags against the scripts' parsers and checks
 
 # (id, file, old text (must occur exactly once), new text, the bug it stands for, the tests to run:
 # pytest's arguments, or a list of such passes, each run only when the one before it passed)
@@ -605,6 +606,32 @@ MUTANTS = [
      '--blf-fill: the batch is not filled up to the cap', REFERENCE_TESTS),
     ('Q11', 'kernels/reference.py', "label_smoothing=smoothing)\n    return torch.dot", "label_smoothing=0.0)\n    return torch.dot",
      'the weighted loss (the backward) ignores label smoothing', REFERENCE_TESTS),
+    # the READMEs: a command or flag a newcomer copies that the scripts no longer accept
+    ('U1', 'README.md', 'python train.py --epochs 30 --blf 0.9       #', 'python train.py --epochs 30 --blf 1.9       #',
+     'the timing run shows a --blf value train.py refuses', DOC_TESTS),
+    ('U2', 'README.md', '| `--blf-bucket M` | 64 |', '| `--blf-buckets M` | 64 |',
+     'a flag named in a table that no script has', DOC_TESTS),
+    ('U3', 'README.md', '--out runs/reproduce --stage core blf\n', '--out runs/reproduce --stage core blf-mask\n',
+     'a reproduce.py stage that does not exist', DOC_TESTS),
+    ('U4', 'README.md', 'python bench_blf.py            #', 'python blf_bench.py            #',
+     'a script that does not exist', DOC_TESTS),
+    ('U5', 'README.md', 'python train.py --recipe airbench94-muon    #', 'python train.py --recipe airbench-muon    #',
+     'a recipe that does not exist', DOC_TESTS),
+    ('U6', 'README.md', '--nproc_per_node 8 train.py --data-parallel', '--nproc_per_node 3 train.py --data-parallel',
+     'a data-parallel job whose batch does not split over its ranks', DOC_TESTS),
+    ('U7', 'README.md', "`--momentum` (default 0.9) is SGD's", "Momentum (default 0.9) is SGD's",
+     "a flag of train.py the README never names", DOC_TESTS),
+    ('U8', 'README.md', '--device cpu --n-train 4000 --n-test', '--device cpu --n-train 400000 --n-test',
+     'the no-GPU check asks for more training images than there are', DOC_TESTS),
+    ('U9', 'README.md', '"--epochs 30 --blf 0.9 --seed 0"', '"--epochs 30 --blf 0.9 --seed zero"',
+     "a train_many.py invocation that train.py's parser refuses", DOC_TESTS),
+    ('U10', 'results/README.md', '--budget-min 8 --airbench', '--budget-min eight --airbench',
+     "the GPU plan's call 2 with a value reproduce.py refuses", DOC_TESTS),
+    ('U11', 'results/README.md', '`python reproduce.py --list --out results/<gpu>/reproduce`',
+     '`python reproduce.py --list --output results/<gpu>/reproduce`', 'an inline command with a flag reproduce.py lacks',
+     DOC_TESTS),
+    ('U12', 'results/recipes/README.md', '--stage core recipes fast airbench', '--stage core recipe fast airbench',
+     "the recipes' README names a stage that does not exist", DOC_TESTS),
 ]
 
 
