@@ -49,6 +49,7 @@ MANY_TESTS = ['tests/test_train_many.py']
 # the plain-torch reference: the tests' ground truth and --blf-impl torch
 REFERENCE_TESTS = [['tests/test_kernels.py'], ['tests/test_blf.py', 'tests/test_mix.py']]
 DOC_TESTS = ['tests/test_readme.py']  # the READMEs' commands and flags against the scripts' parsers and checks
+PLAN_TESTS = ['tests/test_reproduce.py', '-k', 'carr or fit or documented']  # results/README.md's GPU calls
 
 # (id, file, old text (must occur exactly once), new text, the bug it stands for, the tests to run:
 # pytest's arguments, or a list of such passes, each run only when the one before it passed)
@@ -632,6 +633,12 @@ MUTANTS = [
      DOC_TESTS),
     ('U12', 'results/recipes/README.md', '--stage core recipes fast airbench', '--stage core recipe fast airbench',
      "the recipes' README names a stage that does not exist", DOC_TESTS),
+    ('U13', 'results/README.md', '`.cifar/train-1.npz .cifar/test.npz.part-01 .airbench`', '`.cifar/train-1.npz .airbench`',
+     "call 2 does not carry test.npz's second half", PLAN_TESTS),
+    ('U14', 'results/README.md', 'unpack.py /tmp/data --check;', 'unpack.py /tmp/data;',
+     "the joined test.npz is not checked pixel by pixel", PLAN_TESTS),
+    ('U15', 'results/README.md', ' && split -n 2 -d .cifar/test.npz .cifar/test.npz.part-`', '`',
+     "'Once, here' does not cut test.npz into the parts the calls carry", PLAN_TESTS),
 ]
 
 
