@@ -23,9 +23,9 @@ import train_many
 REPO = Path(__file__).resolve().parent.parent
 DOCS = ['README.md', 'results/README.md', 'results/recipes/README.md']
 
-# flags the READMEs give to other programs: torchrun, pytest-xdist, nvidia-smi, pip
+# flags the READMEs give to other programs: torchrun, pytest-xdist, nvidia-smi, pip, the packed data's unpack.py
 OTHER_PROGRAMS_FLAGS = {'--standalone', '--nproc_per_node', '--nnodes', '--rdzv_backend', '--rdzv_endpoint',
-                        '--dist', '--query-gpu', '--format', '--index-url'}
+                        '--dist', '--query-gpu', '--format', '--index-url', '--check'}
 # placeholders the prose uses in commands, and a value that stands for each
 PLACEHOLDERS = {'NAME': 'airbench94', '<gpu>': 'nvidia-h100', 'GROUP...': 'runs', '[REPRODUCE_OUT]': ''}
 FLAG = re.compile(r'(?<![\w-])--[a-z][a-z0-9_-]*')
@@ -154,3 +154,13 @@ def test_every_flag_of_train_py_is_in_the_readme():
     """--help lists them all; the README says what each is for, so none may be missing there."""
     documented = set(FLAG.findall((REPO / 'README.md').read_text()))
     assert options_of('train.py') - documented == set()
+
+
+def test_the_readmes_cpu_install_asks_for_the_torch_that_requirements_txt_admits():
+    """A newer CPU build than requirements.txt admits would make `pip install -r requirements.txt`
+    fetch an older torch from PyPI, its CUDA build: gigabytes on a machine without a GPU."""
+    (wanted,) = [line.split('#')[0].strip() for line in (REPO / 'requirements.txt').read_text().splitlines()
+                 if line.startswith('torch')]
+    cpu_installs = [words for words in shell_commands((REPO / 'README.md').read_text())
+                    if words[:2] == ['pip', 'install'] and '--index-url' in words]
+    assert cpu_installs and all(words[2] == wanted for words in cpu_installs), (wanted, cpu_installs)
