@@ -693,9 +693,26 @@ def recipe_names():
 
 
 def stage_ladder(ctx):
-    """The tricks' ablation ladder, n = 3 per rung."""
+    """The tricks' ablation ladder, n = 3 per rung, run as listed: each rung adds to the one before
+    whatever that one did, so the stage's length is known before it starts. Its line names the rungs
+    whose mean accuracy fell below the rung before's (dropping one means running the rungs after it
+    again without it: results/README.md)."""
     rungs = list(LADDER)[:2] + list(LADDER)[-1:] if ctx.smoke else list(LADDER)  # smoke: the plumbing only
-    return train_groups(ctx, {name: (LADDER[name], 3) for name in rungs})
+    figures, line = train_groups(ctx, {name: (LADDER[name], 3) for name in rungs})
+    return figures, f'{line}; {ladder_verdict(figures)}'
+
+
+def ladder_verdict(figures):
+    """Which rungs (in order) lowered the mean accuracy against the rung before them, and which of the
+    shortened ones (--epochs) keep it at 94% or more."""
+    names = list(figures)
+    mean = {name: figures[name]['acc']['mean'] for name in names}
+    lower = [f'{name} ({mean[name] - mean[before]:+.4f} against {before})'
+             for before, name in zip(names, names[1:]) if mean[name] < mean[before]]
+    shortened = [name for name in names if '--epochs' in LADDER.get(name, [])]
+    kept = [name for name in shortened if mean[name] >= 0.94]
+    return (f'lower than the rung before: {", ".join(lower) or "none"}; '
+            f'shortened rungs at >= 94%: {", ".join(kept) or "none"} (of {", ".join(shortened) or "none"})')
 
 
 def stage_post8(ctx):

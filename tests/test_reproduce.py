@@ -883,3 +883,19 @@ def test_a_command_that_outlives_its_grace_is_killed_with_every_process_it_start
     reproduce.stop(proc, lambda lines: list(lines))
     assert proc.returncode == -signal.SIGKILL and time.monotonic() - started < 15
     assert wait_until_ended(grandchild), 'the grandchild still runs'
+
+
+def test_the_ladders_line_names_the_rungs_that_lowered_the_accuracy_and_the_short_ones_at_94():
+    """A rung is compared with the rung before it in the ladder's order, not with the baseline; a
+    shortened rung (--epochs) counts where its mean is 94% or more, 94.00% included."""
+    def fig(mean):
+        return {'acc': {'mean': mean}}
+    figures = {'0-baseline': fig(0.9400), '1-smoothing': fig(0.9420), '2-ema': fig(0.9410), '3-tta2': fig(0.9415),
+               '4-bn-groups': fig(0.9430), '5-epochs-16': fig(0.9400), '5-epochs-12': fig(0.9380)}
+    verdict = reproduce.ladder_verdict(figures)
+    assert verdict == ('lower than the rung before: 2-ema (-0.0010 against 1-smoothing), 5-epochs-16 (-0.0030 against '
+                       '4-bn-groups), 5-epochs-12 (-0.0020 against 5-epochs-16); shortened rungs at >= 94%: 5-epochs-16 '
+                       '(of 5-epochs-16, 5-epochs-12)')
+    rising = {name: fig(0.93 + i / 1000) for i, name in enumerate(['0-baseline', '1-smoothing', '5-epochs-12'])}
+    assert reproduce.ladder_verdict(rising) == ('lower than the rung before: none; shortened rungs at >= 94%: none '
+                                                '(of 5-epochs-12)')

@@ -288,6 +288,11 @@ MUTANTS = [
      "a stage that crashes leaves no traceback in its log", REPRODUCE_TESTS),
     ('P26', 'reproduce.py', '    if proc.poll() is None:\n        kill_tree(proc)\n', '    if proc.poll() is None:\n        proc.kill()\n        proc.wait()\n',
      "a command stopped after its grace leaves torchrun's workers running (each sits in a session of its own)", REPRODUCE_TESTS),
+    ('P27', 'reproduce.py', 'for before, name in zip(names, names[1:]) if mean[name] < mean[before]]',
+     'for before, name in zip(names, names[1:]) if mean[name] < mean[names[0]]]',
+     "the ladder's rungs compared with the baseline, not with the rung before", REPRODUCE_TESTS),
+    ('P28', 'reproduce.py', "if mean[name] >= 0.94]", "if mean[name] > 0.94]",
+     'a shortened rung at exactly 94.00% is not counted as keeping 94%', REPRODUCE_TESTS),
     # networks.py: ResNet-9 and its post 8 options, airbench94's net, precision, FLOPs
     ('N1', 'networks.py', 'var = ghosts.var(dim=(1, 3, 4), unbiased=False)', 'var = ghosts.var(dim=(1, 3, 4), unbiased=True)',
      'ghost BN normalises each sub-batch by its unbiased variance', NET_TESTS),
