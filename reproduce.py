@@ -63,6 +63,16 @@ BLF_CONFIGS = {  # the BatchLossFilter comparison: 30 epochs, the thread's p = 0
     'blf-mask': ['--blf', '0.9', '--blf-mode', 'mask'],
     'random-subset': ['--blf', '0.9', '--subset-control', 'random'],
 }
+# The thread's other findings and requests (shared seeds: the BatchLossFilter forum thread), 30 epochs too
+BLF_MIXUP_CONFIGS = {  # post 7: with Mixup, 90% of the loss came from 86% of the samples, and BLF did not help
+    'mixup': ['--mixup', '0.4'],
+    'mixup-blf': ['--mixup', '0.4', '--blf', '0.9'],
+}
+BLF_VARIANT_CONFIGS = {  # posts 9 and 10, beside BLF as it is
+    'blf-compact': ['--blf', '0.9'],
+    'blf-bottom': ['--blf', '0.9', '--blf-bottom', '0.1'],  # post 9: the bottom-N losses kept too
+    'blf-curriculum': ['--blf', '0.9', '--blf-schedule', '0:1,10:0.9'],  # post 10: every sample early, the hard ones later
+}
 
 LADDER = {  # the tricks' ablation ladder (results/README.md): each rung adds to the one before
     '0-baseline': [],
@@ -543,13 +553,28 @@ def stage_bench(ctx):
 
 
 def stage_blf(ctx):
-    """30 epochs: baseline, BLF compact, BLF mask and the random-subset control, n = 3 each, seeds
-    interleaved (seed-major) so that drift of the machine hits every configuration alike; the 12
-    invocations run in one process (train_many.py)."""
+    """30 epochs: baseline, BLF compact, BLF mask and the random-subset control, n = 3 each."""
+    return interleaved_groups(ctx, BLF_CONFIGS)
+
+
+def stage_blf_mixup(ctx):
+    """The thread's post 7, 30 epochs: Mixup alone against Mixup with BLF, n = 3 each."""
+    return interleaved_groups(ctx, BLF_MIXUP_CONFIGS)
+
+
+def stage_blf_variants(ctx):
+    """The thread's posts 9 and 10, 30 epochs: BLF, BLF with the bottom 10% kept too, and BLF whose
+    p falls from 1 to 0.9 over the first 10 epochs, n = 3 each."""
+    return interleaved_groups(ctx, BLF_VARIANT_CONFIGS)
+
+
+def interleaved_groups(ctx, configs):
+    """{name: flags} at 30 epochs, n = 3 each, seeds interleaved (seed-major) so that drift of the
+    machine hits every configuration alike, all invocations in one process (train_many.py)."""
     seeds = range(2 if ctx.smoke else 3)
     ctx.train_all([(os.path.join(ctx.dir, name), ['--epochs', '30', *flags], 1, seed)
-                   for seed in seeds for name, flags in BLF_CONFIGS.items()])
-    return stage_figures(ctx, BLF_CONFIGS)
+                   for seed in seeds for name, flags in configs.items()])
+    return stage_figures(ctx, configs)
 
 
 def stage_profile(ctx):
@@ -727,7 +752,9 @@ def stage_post8(ctx):
 # at an assumed 100 TFLOP/s (a tenth of the H100's dense fp16 peak, usual for small convolutions)
 # a 24-epoch run takes about 27 s; a stage's process adds about 15 s (imports, CUDA, cuDNN's autotuning)
 # and each train.py invocation in it a few more (data, warm-up). blf: 12 runs of 30 epochs, the compact
-# and random ones about 3/4 of a full run's time at 60% kept, so 6 min of runs and 1 of start-ups.
+# and random ones about 3/4 of a full run's time at 60% kept, so 6 min of runs and 1 of start-ups;
+# blf-mixup: 3 full runs and 3 compact ones at the thread's 86% kept (about 1.15 full runs' time);
+# blf-variants: 9 compact runs, the curriculum's first 10 epochs at p near 1.
 # The tests: a warm-up of a few seconds each, and the kernel tests' 71 Triton specialisations about 50 s of
 # compiling (results/cpu-checks/native-tests/, timed on a 2-core CPU); compiling
 # (tests-compile): about half a minute per graph, a few per recipe.
@@ -749,6 +776,10 @@ STAGES = {
                                  'with our recipe of the same name', 8, False),
     'ladder': (stage_ladder, 'what each trick adds to accuracy and time (n=3 per rung)', 8, False),
     'post8': (stage_post8, 'Myrtle post 8\'s bag of tricks step by step (n=3 per rung), beside its published V100 times', 8, False),
+    'blf-mixup': (stage_blf_mixup, 'the BLF thread\'s finding that BLF does not help under Mixup (it kept 86% of the '
+                                   'samples): Mixup with and without BLF (n=3 each, 30 epochs)', 4, False),
+    'blf-variants': (stage_blf_variants, 'the BLF thread\'s requests: the bottom losses kept too (post 9), p scheduled '
+                                         'from 1 to 0.9 (post 10), beside BLF as it is (n=3 each, 30 epochs)', 5, False),
 }
 
 
@@ -822,7 +853,8 @@ def environment_line(here):
 def list_stages(out):
     """The stages with their H100 minutes; where OUT holds a completed stage, the minutes it took
     there (all attempts), from which the estimates are to be updated."""
-    print(f'{"stage":8}  {"H100 min":>8}  what it proves')
+    width = max(map(len, STAGES))
+    print(f'{"stage":{width}}  {"H100 min":>8}  what it proves')
     for name, (_, proves, minutes, measured) in STAGES.items():
         took = ''
         done_path = os.path.join(out, name, 'done.json')
@@ -831,7 +863,7 @@ def list_stages(out):
                 done = json.load(fh)
             if done.get('status') == 'ok':
                 took = f' [took {done.get("minutes_all_attempts", done["minutes"]):.1f} min in {out}]'
-        print(f'{name:8}  {minutes:>5}{"" if measured else " (est.)":7}  {proves}{took}')
+        print(f'{name:{width}}  {minutes:>5}{"" if measured else " (est.)":7}  {proves}{took}')
 
 
 def parse_args(argv):

@@ -41,7 +41,8 @@ def test_list_names_every_stage_with_its_minutes_and_what_each_took_in_out(tmp_p
     assert res.returncode == 0
     lines = res.stdout.splitlines()[1:]
     assert [line.split()[0] for line in lines] == list(reproduce.STAGES) == \
-        ['tests', 'core', 'bench', 'blf', 'profile', 'recipes', 'tests-compile', 'fast', 'airbench', 'ladder', 'post8']
+        ['tests', 'core', 'bench', 'blf', 'profile', 'recipes', 'tests-compile', 'fast', 'airbench', 'ladder', 'post8',
+         'blf-mixup', 'blf-variants']
     assert all('(est.)' in line for line in lines), 'no stage has been timed on a GPU yet'
     took = {line.split()[0]: line.split('[took ')[1] for line in lines if '[took ' in line}
     assert took == {'core': f'7.2 min in {tmp_path}]'}, 'only a completed stage, all its attempts counted'
@@ -61,7 +62,11 @@ def test_smoke_runs_every_stage_and_writes_its_figures(smoke):
     blf = json.loads((out / 'blf' / 'done.json').read_text())['figures']
     assert set(blf) == set(reproduce.BLF_CONFIGS) and all(fig['acc']['n'] == 2 for fig in blf.values())
     assert blf['blf-mask']['kept_last_epoch'] < 1 and blf['baseline']['kept_last_epoch'] == 1.0
-    for stage in ('core', 'blf', 'recipes', 'fast', 'ladder', 'post8'):  # summarize.py's table of every training stage
+    mixup = json.loads((out / 'blf-mixup' / 'done.json').read_text())['figures']
+    assert set(mixup) == set(reproduce.BLF_MIXUP_CONFIGS) and all(fig['acc']['n'] == 2 for fig in mixup.values())
+    variants = json.loads((out / 'blf-variants' / 'done.json').read_text())['figures']
+    assert set(variants) == set(reproduce.BLF_VARIANT_CONFIGS) and all(fig['acc']['n'] == 2 for fig in variants.values())
+    for stage in ('core', 'blf', 'recipes', 'fast', 'ladder', 'post8', 'blf-mixup', 'blf-variants'):  # summarize.py's table of every training stage
         table = (out / stage / 'summary.md').read_text()
         groups = json.loads((out / stage / 'done.json').read_text())['figures']
         assert table.startswith('| group | runs |') and all(f'| {name} | 2 |' in table for name in groups), stage
