@@ -904,3 +904,12 @@ def test_the_ladders_line_names_the_rungs_that_lowered_the_accuracy_and_the_shor
     rising = {name: fig(0.93 + i / 1000) for i, name in enumerate(['0-baseline', '1-smoothing', '5-epochs-12'])}
     assert reproduce.ladder_verdict(rising) == ('lower than the rung before: none; shortened rungs at >= 94%: none '
                                                 '(of 5-epochs-12)')
+
+
+def test_a_stage_line_names_the_graphs_a_group_compiled_inside_its_clock():
+    """The fast stage's times are this repo's speed claim: one that includes compiling must say so."""
+    fig = {'acc': {'mean': 0.94, 'std': 0.001, 'n': 5}, 'time_s': {'median': 3.0, 'min': 2.9, 'max': 9.0},
+           'kept_last_epoch': 1.0, 'compiled_in_clock': {'runs': 1, 'graphs': 2}}
+    assert reproduce.describe('fast', fig).endswith(', 2 graph(s) compiled inside the clock of 1 run(s)')
+    clean = {**fig, 'compiled_in_clock': {'runs': 0, 'graphs': 0}}
+    assert reproduce.describe('fast', clean).endswith('time median 3.00 s [2.90, 9.00]')

@@ -4,13 +4,13 @@ import os
 from conftest import run_script
 
 
-def fake_record(folder, seeds_accs_times, kept, status='complete'):
+def fake_record(folder, seeds_accs_times, kept, status='complete', run_fields=None):
     os.makedirs(folder)
     with open(os.path.join(folder, 'summary.json'), 'w') as fh:
         json.dump({'status': status}, fh)
     with open(os.path.join(folder, 'runs.jsonl'), 'w') as fh:
         for seed, acc, t in seeds_accs_times:
-            fh.write(json.dumps({'seed': seed, 'test_acc': acc, 'time_s': t}) + '\n')
+            fh.write(json.dumps({'seed': seed, 'test_acc': acc, 'time_s': t, **(run_fields or {}).get(seed, {})}) + '\n')
     with open(os.path.join(folder, 'epochs.jsonl'), 'w') as fh:
         for seed, _, _ in seeds_accs_times:
             for epoch, k in enumerate(kept, 1):
@@ -98,3 +98,19 @@ def test_a_group_that_pools_what_should_not_be_pooled_says_so(tmp_path):
                         prefix + 'its records differ in settings (epochs)',
                         prefix + 'its records ran different code (networks.py)',
                         prefix + 'its records were made on different machines (device)']
+
+
+def test_runs_that_compiled_graphs_inside_their_clock_are_counted_and_named(tmp_path):
+    """--compile: a graph built inside the clock makes that run's time partly a compile time."""
+    import summarize
+    clean = {0: {'graphs_compiled_in_clock': 0}, 1: {'graphs_compiled_in_clock': 0}}
+    fake_record(tmp_path / 'clean' / 'r1', [(0, 0.94, 3.0), (1, 0.94, 3.1)], [1.0], run_fields=clean)
+    fake_record(tmp_path / 'slow' / 'r1', [(0, 0.94, 3.0), (1, 0.94, 9.0), (2, 0.94, 8.0)], [1.0],
+                run_fields={1: {'graphs_compiled_in_clock': 2}, 2: {'graphs_compiled_in_clock': 1}})
+    assert summarize.summarize_group(tmp_path / 'clean')['compiled_in_clock'] == {'runs': 0, 'graphs': 0}
+    assert summarize.summarize_group(tmp_path / 'slow')['compiled_in_clock'] == {'runs': 2, 'graphs': 3}
+    res = run_script('summarize.py', tmp_path / 'clean', tmp_path / 'slow')
+    assert res.returncode == 0, res.stderr
+    warnings = [line for line in res.stdout.splitlines() if line.startswith('warning')]
+    assert warnings == [f'warning: {tmp_path / "slow"}: 3 graph(s) compiled inside the clock of 2 run(s): '
+                        'their times include compiling']
