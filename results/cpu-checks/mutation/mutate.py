@@ -221,6 +221,12 @@ MUTANTS = [
      'a seed in two records is not named', SUMMARY_TESTS),
     ('M5', 'summarize.py', "kept_curve = [sum(v) / len(v) for _, v in sorted(by_epoch.items())]",
      "kept_curve = [max(v) for _, v in sorted(by_epoch.items())]", "the kept curve takes each epoch's largest run", SUMMARY_TESTS),
+    ('M6', 'summarize.py', "        if r['compiled_in_clock']['runs']:\n", "        if False:\n",
+     'runs that compiled graphs inside their clock go unnamed below the table', SUMMARY_TESTS),
+    ('M7', 'summarize.py', "runs if r.get('graphs_compiled_in_clock')]", "runs[:1] if r.get('graphs_compiled_in_clock')]",
+     "only the first run's graphs compiled inside the clock are counted", SUMMARY_TESTS),
+    ('M8', 'reproduce.py', "    if fig.get('compiled_in_clock', {}).get('runs'):\n", "    if False:\n",
+     "a stage's line leaves out the graphs compiled inside the clock", SUMMARY_TESTS),
     # record.py: what every number's log is
     ('R1', 'record.py', "            os.mkdir(path)\n", "            os.makedirs(path, exist_ok=True)\n",
      'a second run in the same second writes into the first one\'s record', RECORD_TESTS),
