@@ -125,12 +125,15 @@ def summarize_group(path):
     by_epoch = {}
     for row in epochs:
         by_epoch.setdefault(row['epoch'], []).append(row.get('kept', 1.0))
+    # compact BLF: steps whose rule asked for more rows than the pass (sized from an earlier step) held
+    blf_epochs = [row for row in epochs if 'steps' in row]
+    truncated = {'steps': sum(row['truncated_steps'] for row in blf_epochs), 'of': sum(row['steps'] for row in blf_epochs)}
     kept_curve = [sum(v) / len(v) for _, v in sorted(by_epoch.items())]
     # --compile: graphs built inside a run's clock (warm-up should have built them all) make its time a compile time
     compiled = [r['graphs_compiled_in_clock'] for r in runs if r.get('graphs_compiled_in_clock')]
     return {'group': path, 'records': len(records), 'acc': acc, 'p_gt_94': p, 'time': sec, 'kept_curve': kept_curve,
             'incomplete': incomplete, 'pooling': pooling_notes(records, runs),
-            'compiled_in_clock': {'runs': len(compiled), 'graphs': sum(compiled)}}
+            'compiled_in_clock': {'runs': len(compiled), 'graphs': sum(compiled)}, 'truncated': truncated}
 
 
 def main(argv=None):
@@ -160,6 +163,9 @@ def main(argv=None):
             print(f'\nnote: {record} is {status}: only its finished runs are counted')
         for note in r['pooling']:
             print(f'\nwarning: {r["group"]} pools what should not be pooled: {note}')
+        if r['truncated']['steps']:
+            print(f'\nnote: {r["group"]}: {r["truncated"]["steps"]} of {r["truncated"]["of"]} BLF steps trained fewer rows '
+                  'than the rule kept (truncated: the compact pass was sized from an earlier step\'s count)')
         if r['compiled_in_clock']['runs']:
             print(f'\nwarning: {r["group"]}: {r["compiled_in_clock"]["graphs"]} graph(s) compiled inside the clock of '
                   f'{r["compiled_in_clock"]["runs"]} run(s): their times include compiling')

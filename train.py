@@ -248,7 +248,7 @@ def epoch_row(seed, epoch, lr, totals, test, seconds, total):
         steps = totals['steps']
         row.update(kept=totals['kept'].item() / count, kept_loss_frac=totals['kept_loss_frac'].item() / steps,
                    full_loss=row['train_loss'], kept_loss=totals['kept_loss'].item() / steps,
-                   truncated_steps=int(totals['truncated'].item()), rows_trained=totals['rows_trained'] / count)
+                   steps=steps, truncated_steps=int(totals['truncated'].item()), rows_trained=totals['rows_trained'] / count)
         if totals['count_lag_max']:  # compact mode: how many steps old the count that sized each pass was
             row.update(count_lag=totals['count_lag'] / steps, count_lag_max=totals['count_lag_max'])
     return row

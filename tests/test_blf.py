@@ -231,6 +231,7 @@ def test_cpu_run_with_blf_records_the_kept_fraction_per_epoch(cifar_dir, tmp_pat
     assert 'kept' not in rows[0], 'epoch 1 is before --blf-start-epoch'
     for row in rows[1:]:
         assert 0 < row['kept'] < 1 and 0.85 <= row['kept_loss_frac'] <= 1
+        assert row['steps'] == 1024 // 256 and 0 <= row['truncated_steps'] <= row['steps']
         if mode == 'mask':
             assert row['rows_trained'] == 1.0 and 'count_lag' not in row
         else:  # the pass trains only kept rows; on the CPU the count is one step old, except at the first

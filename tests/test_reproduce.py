@@ -913,3 +913,10 @@ def test_a_stage_line_names_the_graphs_a_group_compiled_inside_its_clock():
     assert reproduce.describe('fast', fig).endswith(', 2 graph(s) compiled inside the clock of 1 run(s)')
     clean = {**fig, 'compiled_in_clock': {'runs': 0, 'graphs': 0}}
     assert reproduce.describe('fast', clean).endswith('time median 3.00 s [2.90, 9.00]')
+
+
+def test_a_stage_line_names_the_blf_steps_a_group_truncated():
+    fig = {'acc': {'mean': 0.94, 'std': 0.001, 'n': 3}, 'time_s': {'median': 3.0, 'min': 2.9, 'max': 3.1},
+           'kept_last_epoch': 0.4, 'truncated': {'steps': 12, 'of': 300}}
+    assert reproduce.describe('blf-compact', fig).endswith('kept 0.40 in the last epoch, 12 of 300 BLF steps truncated')
+    assert reproduce.describe('blf-mask', {**fig, 'truncated': {'steps': 0, 'of': 300}}).endswith('in the last epoch')

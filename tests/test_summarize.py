@@ -4,7 +4,7 @@ import os
 from conftest import run_script
 
 
-def fake_record(folder, seeds_accs_times, kept, status='complete', run_fields=None):
+def fake_record(folder, seeds_accs_times, kept, status='complete', run_fields=None, epoch_fields=None):
     os.makedirs(folder)
     with open(os.path.join(folder, 'summary.json'), 'w') as fh:
         json.dump({'status': status}, fh)
@@ -14,7 +14,8 @@ def fake_record(folder, seeds_accs_times, kept, status='complete', run_fields=No
     with open(os.path.join(folder, 'epochs.jsonl'), 'w') as fh:
         for seed, _, _ in seeds_accs_times:
             for epoch, k in enumerate(kept, 1):
-                fh.write(json.dumps({'seed': seed, 'epoch': epoch, **({'kept': k} if k < 1 else {})}) + '\n')
+                fh.write(json.dumps({'seed': seed, 'epoch': epoch, **({'kept': k} if k < 1 else {}),
+                                     **(epoch_fields or {}).get(epoch, {})}) + '\n')
 
 
 def test_groups_pool_their_records(tmp_path):
@@ -114,3 +115,22 @@ def test_runs_that_compiled_graphs_inside_their_clock_are_counted_and_named(tmp_
     warnings = [line for line in res.stdout.splitlines() if line.startswith('warning')]
     assert warnings == [f'warning: {tmp_path / "slow"}: 3 graph(s) compiled inside the clock of 2 run(s): '
                         'their times include compiling']
+
+
+def test_the_blf_steps_a_compact_pass_truncated_are_counted_over_every_run_and_named(tmp_path):
+    """Compact BLF sizes its pass from an earlier step's count; where this step's rule keeps more, the
+    pass trains fewer rows than the rule: how often that happened belongs beside the group's times."""
+    import summarize
+    blf = {2: {'steps': 10, 'truncated_steps': 3}, 3: {'steps': 10, 'truncated_steps': 1}}  # epoch 1: before BLF
+    fake_record(tmp_path / 'compact' / 'r1', [(0, 0.94, 3.0), (1, 0.94, 3.1)], [1.0, 0.6, 0.5], epoch_fields=blf)
+    fake_record(tmp_path / 'mask' / 'r1', [(0, 0.94, 4.0)], [1.0, 0.6, 0.5],
+                epoch_fields={2: {'steps': 10, 'truncated_steps': 0}, 3: {'steps': 10, 'truncated_steps': 0}})
+    fake_record(tmp_path / 'baseline' / 'r1', [(0, 0.94, 4.0)], [1.0, 1.0, 1.0])
+    assert summarize.summarize_group(tmp_path / 'compact')['truncated'] == {'steps': 8, 'of': 40}, 'two runs, two epochs'
+    assert summarize.summarize_group(tmp_path / 'mask')['truncated'] == {'steps': 0, 'of': 20}
+    assert summarize.summarize_group(tmp_path / 'baseline')['truncated'] == {'steps': 0, 'of': 0}
+    res = run_script('summarize.py', tmp_path / 'compact', tmp_path / 'mask', tmp_path / 'baseline')
+    assert res.returncode == 0, res.stderr
+    notes = [line for line in res.stdout.splitlines() if line.startswith('note')]
+    assert notes == [f'note: {tmp_path / "compact"}: 8 of 40 BLF steps trained fewer rows than the rule kept '
+                     "(truncated: the compact pass was sized from an earlier step's count)"]
