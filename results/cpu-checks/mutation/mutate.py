@@ -227,6 +227,12 @@ MUTANTS = [
      "only the first run's graphs compiled inside the clock are counted", SUMMARY_TESTS),
     ('M8', 'reproduce.py', "    if fig.get('compiled_in_clock', {}).get('runs'):\n", "    if False:\n",
      "a stage's line leaves out the graphs compiled inside the clock", SUMMARY_TESTS),
+    ('M9', 'summarize.py', "        if r['truncated']['steps']:\n", "        if False:\n",
+     "a group's truncated BLF steps go unnamed below the table", SUMMARY_TESTS),
+    ('M10', 'reproduce.py', "    if fig.get('truncated', {}).get('steps'):\n", "    if False:\n",
+     "a stage's line leaves out the truncated BLF steps", SUMMARY_TESTS),
+    ('M11', 'train.py', "steps=steps, truncated_steps=", "truncated_steps=",
+     "an epoch's record loses its BLF step count: the share truncated cannot be told", BLF_TESTS),
     # record.py: what every number's log is
     ('R1', 'record.py', "            os.mkdir(path)\n", "            os.makedirs(path, exist_ok=True)\n",
      'a second run in the same second writes into the first one\'s record', RECORD_TESTS),
