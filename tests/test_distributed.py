@@ -202,7 +202,9 @@ def test_a_data_parallel_rank_warms_up_and_steps_at_its_slice_of_the_batch():
 
 def test_kill_tree_ends_torchruns_workers_which_sit_in_sessions_of_their_own(tmp_path):
     script = tmp_path / 'sleeper.py'
-    script.write_text('import os, time\nprint(os.getpid(), os.getsid(0), flush=True)\ntime.sleep(300)\n')
+    # one write(2) per line: under PYTHONUNBUFFERED=1 (inherited from the shell) print() writes each piece
+    # apart, and the two workers' pieces interleaved on the shared pipe ('2828528286 28286': 3 runs in 10)
+    script.write_text("import os, time\nos.write(1, f'{os.getpid()} {os.getsid(0)}\\n'.encode())\ntime.sleep(300)\n")
     proc = subprocess.Popen([sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node', '2',
                              str(script)], stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                             start_new_session=True)
