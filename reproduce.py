@@ -875,7 +875,7 @@ def parse_args(argv):
     # paths mean paths from the folder reproduce.py starts in, but the stages run their commands from
     # the repository's root: every path is made absolute here, so a run started elsewhere neither
     # writes its records into the repository nor looks for them where they are not
-    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0],
+    ap = summarize.OneLineParser(description=__doc__.split('\n')[0],
                                  formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ap.add_argument('--data-dir', default='data', type=os.path.abspath, help='folder with cifar-10-batches-py/ (as train.py)')
     ap.add_argument('--out', default='runs/reproduce', type=os.path.abspath, help='where the stages write; a second run resumes here')

@@ -136,8 +136,17 @@ def summarize_group(path):
             'compiled_in_clock': {'runs': len(compiled), 'graphs': sum(compiled)}, 'truncated': truncated}
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """A command-line mistake is one line and exit code 2, as in train.py (cli.py has the same class, but
+    it imports torch, which this file and reproduce.py do without; and a change to a file train.py
+    imports would set aside the GPU records made so far)."""
+
+    def error(self, message):
+        self.exit(2, f'error: {message} (see --help)\n')
+
+
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    ap = OneLineParser(description=__doc__.split('\n')[0])
     ap.add_argument('groups', nargs='+', help='record folders or folders of record folders')
     args = ap.parse_args(argv)
     rows = []

@@ -531,6 +531,9 @@ def test_a_spent_budget_starts_no_stage(tmp_path, cifar_dir, capsys):
     (['--device', 'cpu'], 'only --smoke makes sense'),
     (['--smoke', '--device', 'cpu', '--data-dir', '/nonexistent'], 'no cifar-10-batches-py/ in /nonexistent'),
     (['--smoke', '--device', 'cpu', '--copy-pack-to', '/nonexistent'], '--copy-pack-to /nonexistent is not a folder'),
+    (['--smoke', '--bogus'], 'error: unrecognized arguments: --bogus (see --help)'),
+    (['--smoke', '--stage', 'nope'], "error: argument --stage: invalid choice: 'nope'"),
+    (['--smoke', '--budget-min', 'ten'], "error: argument --budget-min: invalid float value: 'ten'"),
 ])
 def test_user_errors_are_one_line(args, message, tmp_path):
     """Each is caught before anything is written, whether or not data/ holds the data set."""

@@ -33,6 +33,13 @@ def test_groups_pool_their_records(tmp_path):
     assert run_script('summarize.py', tmp_path / 'nothing').returncode != 0
 
 
+def test_command_line_mistakes_are_one_line(tmp_path):
+    for args, message in [((), 'error: the following arguments are required: groups (see --help)'),
+                          ((tmp_path, '--bogus'), 'error: unrecognized arguments: --bogus (see --help)')]:
+        res = run_script('summarize.py', *args)
+        assert res.returncode == 2 and res.stderr.strip().splitlines() == [message], res.stderr
+
+
 def test_a_truncated_runs_file_is_named_in_one_line(tmp_path):
     fake_record(tmp_path / 'g' / 'r1', [(0, 0.941, 10.0), (1, 0.942, 10.0)], [1.0])
     path = tmp_path / 'g' / 'r1' / 'runs.jsonl'
