@@ -81,6 +81,15 @@ def run_script(script, *args, timeout=600):
                           capture_output=True, text=True, timeout=timeout)
 
 
+def recipe_hyp(recipe, *flags):
+    """train.py's hyperparameters for `--recipe RECIPE FLAGS...`, resolved as train.py resolves them: a
+    recipe holds command-line text (myrtle-tricks' lr_schedule '0:0,2:0.9,...'), which only the parser
+    turns into values, so a test must not merge recipes.RECIPES into cli.hyp itself."""
+    import cli
+    args = cli.parse_args(['--recipe', recipe, *map(str, flags)])
+    return {key: getattr(args, key) for key in cli.hyp}
+
+
 def process_running(pid):
     """Whether pid is alive: a zombie, waiting for a parent to reap it, has ended (Linux /proc)."""
     try:

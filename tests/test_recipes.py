@@ -10,7 +10,7 @@ import data_gpu
 import recipes
 import schedules
 import train
-from conftest import run_script
+from conftest import recipe_hyp, run_script
 
 
 def test_a_flag_overrides_its_recipe_and_the_recipe_overrides_the_defaults():
@@ -19,6 +19,20 @@ def test_a_flag_overrides_its_recipe_and_the_recipe_overrides_the_defaults():
     assert args.epochs == 12 and args.label_smoothing == 0.1
     plain = cli.parse_args([])
     assert plain.recipe == 'myrtle' and plain.net == 'resnet9' and plain.epochs == 24 and plain.batch_size == 512
+
+
+@pytest.mark.parametrize('recipe', list(recipes.RECIPES))
+def test_every_recipe_resolves_to_values_train_py_can_use(recipe):
+    """A recipe is command-line text where a flag takes text (a schedule's knots): resolved as train.py
+    resolves it, each value has its default's type, and a schedule is a list of (epoch, value) knots."""
+    h = recipe_hyp(recipe)
+    for key, value in h.items():
+        if key.endswith('_schedule'):
+            assert value is None or (isinstance(value, list) and all(len(knot) == 2 for knot in value)), (key, value)
+        elif cli.hyp[key] is not None:  # a number where the default is a number (--epochs 9.9 over 24)
+            number = (int, float)
+            assert type(value) is type(cli.hyp[key]) or (type(value) in number and type(cli.hyp[key]) in number), (key, value)
+    assert schedules.step_settings(h, 4)  # every schedule evaluates
 
 
 def test_airbench94_hyperparameters_are_the_papers_converted_to_the_mean_loss():
@@ -55,8 +69,8 @@ def test_the_whitening_bias_trains_for_its_epochs_only(cifar, monkeypatch):
     monkeypatch.setattr(train, 'run_parts', keep)
     biases = {}
     for epochs in (0.0, 5.0):
-        h = {**cli.hyp, **recipes.RECIPES['airbench94'], 'batch_size': 64, 'epochs': 2, 'width': 0.125,
-             'precision': 'fp32', 'whiten_bias_epochs': epochs}
+        h = {**recipe_hyp('airbench94'), 'batch_size': 64, 'epochs': 2, 'width': 0.125, 'precision': 'fp32',
+             'whiten_bias_epochs': epochs}
         train.train_run(h, data, 0, 'cpu', torch.float32, lambda row: None, log=lambda line: None)
         biases[epochs] = seen['model'].whiten.bias.detach().clone()
     assert torch.equal(biases[0.0], torch.zeros(24)), 'frozen from the start: never moves'
@@ -92,7 +106,7 @@ def test_airbench94_muon_hyperparameters_are_the_published_ones_converted():
     groups actually get."""
     import networks
     import optimizers
-    h = {**cli.hyp, **recipes.RECIPES['airbench94-muon'], 'width': 0.125, 'precision': 'fp32'}
+    h = {**recipe_hyp('airbench94-muon'), 'width': 0.125, 'precision': 'fp32'}
     h['loss_scale'] = optimizers.loss_scale(h)
     assert h['loss_scale'] == 2000 and h['net'] == 'airbench94-muon' and h['epochs'] == 8
     model = networks.make_model(h['width'], 'cpu', torch.float32, net=h['net'])

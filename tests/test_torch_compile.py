@@ -7,6 +7,7 @@ import blf_step
 import cli
 import data_gpu
 import train
+from conftest import recipe_hyp
 
 
 def test_a_compiled_run_matches_eager_and_compiles_nothing_inside_the_clock(cifar):
@@ -37,9 +38,7 @@ def test_gpu_compiled_recipe_epoch_with_blf_has_no_sync_and_no_compile_in_the_cl
     under set_sync_debug_mode('error'), and not one graph compiled during it."""
     import recipes
     import schedules
-    # through the command line, as train.py resolves a recipe: its schedules are text until parsed
-    args = cli.parse_args(['--recipe', recipe, '--compile', '1', '--blf', '0.9', '--blf-start-epoch', '1', '--precision', 'fp16'])
-    h = {key: getattr(args, key) for key in cli.hyp}
+    h = recipe_hyp(recipe, '--compile', 1, '--blf', 0.9, '--blf-start-epoch', 1, '--precision', 'fp16')
     h['blf_bucket'] = h['batch_size'] // 2  # two compact sizes: each size is a graph, and compiling is minutes
     data = data_gpu.DeviceCIFAR10(cifar, 'cuda', torch.float16, n_train=10240, n_test=1000, flip=h['flip'],
                                   crop_pad=h['crop_pad'], cutout=h['cutout'])
