@@ -436,7 +436,7 @@ def group_figures(path):
         raise StageFailed(f'{path} pools what should not be pooled: {"; ".join(group["pooling"])}')
     return {'acc': group['acc'], 'p_gt_94': group['p_gt_94'], 'time_s': group['time'],
             'kept_last_epoch': group['kept_curve'][-1] if group['kept_curve'] else None,
-            'compiled_in_clock': group['compiled_in_clock'], 'truncated': group['truncated']}
+            'compiled_in_clock': group['compiled_in_clock'], 'truncated': group['truncated'], 'count_lag': group['count_lag']}
 
 
 def describe(name, fig):
@@ -445,6 +445,8 @@ def describe(name, fig):
             f'time median {t["median"]:.2f} s [{t["min"]:.2f}, {t["max"]:.2f}]')
     if fig.get('kept_last_epoch') not in (None, 1.0):
         text += f', kept {fig["kept_last_epoch"]:.2f} in the last epoch'
+    if fig.get('count_lag'):
+        text += f', passes sized from counts {fig["count_lag"]["mean"]:.2f} steps old (at most {fig["count_lag"]["max"]})'
     if fig.get('truncated', {}).get('steps'):
         text += f', {fig["truncated"]["steps"]} of {fig["truncated"]["of"]} BLF steps truncated'
     if fig.get('compiled_in_clock', {}).get('runs'):

@@ -128,12 +128,17 @@ def summarize_group(path):
     # compact BLF: steps whose rule asked for more rows than the pass (sized from an earlier step) held
     blf_epochs = [row for row in epochs if 'steps' in row]
     truncated = {'steps': sum(row['truncated_steps'] for row in blf_epochs), 'of': sum(row['steps'] for row in blf_epochs)}
+    # compact BLF: how many steps old the count was that sized each pass (1: the previous step's)
+    lagged = [row for row in blf_epochs if 'count_lag' in row]
+    count_lag = {'mean': sum(row['count_lag'] * row['steps'] for row in lagged) / sum(row['steps'] for row in lagged),
+                 'max': max(row['count_lag_max'] for row in lagged)} if lagged else None
     kept_curve = [sum(v) / len(v) for _, v in sorted(by_epoch.items())]
     # --compile: graphs built inside a run's clock (warm-up should have built them all) make its time a compile time
     compiled = [r['graphs_compiled_in_clock'] for r in runs if r.get('graphs_compiled_in_clock')]
     return {'group': path, 'records': len(records), 'acc': acc, 'p_gt_94': p, 'time': sec, 'kept_curve': kept_curve,
             'incomplete': incomplete, 'pooling': pooling_notes(records, runs),
-            'compiled_in_clock': {'runs': len(compiled), 'graphs': sum(compiled)}, 'truncated': truncated}
+            'compiled_in_clock': {'runs': len(compiled), 'graphs': sum(compiled)}, 'truncated': truncated,
+            'count_lag': count_lag}
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -172,6 +177,9 @@ def main(argv=None):
             print(f'\nnote: {record} is {status}: only its finished runs are counted')
         for note in r['pooling']:
             print(f'\nwarning: {r["group"]} pools what should not be pooled: {note}')
+        if r['count_lag']:
+            print(f'\ncount lag: {r["group"]}: the compact passes were sized from counts {r["count_lag"]["mean"]:.2f} steps '
+                  f'old on average, at most {r["count_lag"]["max"]}')
         if r['truncated']['steps']:
             print(f'\nnote: {r["group"]}: {r["truncated"]["steps"]} of {r["truncated"]["of"]} BLF steps trained fewer rows '
                   'than the rule kept (truncated: the compact pass was sized from an earlier step\'s count)')

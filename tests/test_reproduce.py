@@ -923,3 +923,6 @@ def test_a_stage_line_names_the_blf_steps_a_group_truncated():
            'kept_last_epoch': 0.4, 'truncated': {'steps': 12, 'of': 300}}
     assert reproduce.describe('blf-compact', fig).endswith('kept 0.40 in the last epoch, 12 of 300 BLF steps truncated')
     assert reproduce.describe('blf-mask', {**fig, 'truncated': {'steps': 0, 'of': 300}}).endswith('in the last epoch')
+    lagged = {**fig, 'count_lag': {'mean': 1.25, 'max': 3}}
+    assert reproduce.describe('blf-compact', lagged).endswith(
+        'kept 0.40 in the last epoch, passes sized from counts 1.25 steps old (at most 3), 12 of 300 BLF steps truncated')

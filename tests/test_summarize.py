@@ -141,3 +141,20 @@ def test_the_blf_steps_a_compact_pass_truncated_are_counted_over_every_run_and_n
     notes = [line for line in res.stdout.splitlines() if line.startswith('note')]
     assert notes == [f'note: {tmp_path / "compact"}: 8 of 40 BLF steps trained fewer rows than the rule kept '
                      "(truncated: the compact pass was sized from an earlier step's count)"]
+
+
+def test_the_count_lag_of_compact_passes_is_averaged_over_steps_and_its_maximum_kept(tmp_path):
+    """The compact pass's size comes from a count some steps old (README: "a step or two earlier"):
+    the group's mean over all its BLF steps, weighted by each epoch's steps, and the largest lag."""
+    import summarize
+    lag = {2: {'steps': 10, 'truncated_steps': 0, 'count_lag': 0.9, 'count_lag_max': 1},
+           3: {'steps': 30, 'truncated_steps': 0, 'count_lag': 2.0, 'count_lag_max': 4}}
+    fake_record(tmp_path / 'compact' / 'r1', [(0, 0.94, 3.0)], [1.0, 0.6, 0.5], epoch_fields=lag)
+    fake_record(tmp_path / 'mask' / 'r1', [(0, 0.94, 4.0)], [1.0, 0.6, 0.5],
+                epoch_fields={2: {'steps': 10, 'truncated_steps': 0}})
+    assert summarize.summarize_group(tmp_path / 'compact')['count_lag'] == {'mean': (9 + 60) / 40, 'max': 4}
+    assert summarize.summarize_group(tmp_path / 'mask')['count_lag'] is None
+    res = run_script('summarize.py', tmp_path / 'compact', tmp_path / 'mask')
+    assert res.returncode == 0, res.stderr
+    assert [line for line in res.stdout.splitlines() if line.startswith('count lag')] == [
+        f'count lag: {tmp_path / "compact"}: the compact passes were sized from counts 1.73 steps old on average, at most 4']
