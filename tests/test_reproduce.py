@@ -926,3 +926,42 @@ def test_a_stage_line_names_the_blf_steps_a_group_truncated():
     lagged = {**fig, 'count_lag': {'mean': 1.25, 'max': 3}}
     assert reproduce.describe('blf-compact', lagged).endswith(
         'kept 0.40 in the last epoch, passes sized from counts 1.25 steps old (at most 3), 12 of 300 BLF steps truncated')
+
+
+class Collected(Exception):
+    """Raised by a stand-in for Context.train_all once it has taken a stage's train.py commands."""
+
+
+def test_every_train_py_command_of_the_full_size_stages_is_one_train_py_accepts(tmp_path, cifar_dir, monkeypatch):
+    """At full size the training stages run only on a GPU; --smoke runs a few of their rungs (the
+    ladder's first two and last, post 8's first and last) and no --compile group. A rung whose flags
+    train.py refuses would fail its stage there, after the minutes spent on the rungs before it. So
+    each command a stage would run at full size goes through train.py's parser and checks here,
+    with a GPU pretended as the README's commands are (tests/test_readme.py)."""
+    import cli
+    import torch
+    commands = {}
+
+    def collect(ctx, groups):
+        commands[os.path.basename(ctx.dir)] = [
+            [*ctx.train_command(out, flags)[1:], '--runs', str(runs or 1), '--seed', str(seed or 0)]
+            for out, flags, runs, seed in groups]
+        raise Collected
+    monkeypatch.setattr(reproduce.Context, 'train_all', collect)
+    monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
+    monkeypatch.setattr(torch.cuda, 'device_count', lambda: 1)
+    args = reproduce.parse_args(['--device', 'cuda', '--data-dir', cifar_dir, '--out', str(tmp_path)])
+    training = [name for name in reproduce.STAGES if name not in ('tests', 'tests-compile', 'bench', 'profile', 'airbench')]
+    for name in training:
+        with pytest.raises(Collected):
+            reproduce.STAGES[name][0](reproduce.Context(args, name))
+    assert sorted(commands) == sorted(training)
+    assert sum(map(len, commands.values())) >= 40, 'every rung and group of every training stage'
+    for name, argvs in commands.items():
+        for argv in argvs:
+            try:
+                cli.check_args(cli.parse_args(argv))
+            except (SystemExit, cli.UserError) as e:
+                pytest.fail(f'{name}: train.py refuses {shlex.join(argv)}: {e}')
+    flat = [' '.join(argv) for argvs in commands.values() for argv in argvs]
+    assert any('--compile 1' in line for line in flat), 'the compiled group smoke leaves out is checked too'
