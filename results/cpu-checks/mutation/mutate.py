@@ -315,8 +315,9 @@ MUTANTS = [
      "the ladder's rungs compared with the baseline, not with the rung before", REPRODUCE_TESTS),
     ('P28', 'reproduce.py', "if mean[name] >= 0.94]", "if mean[name] > 0.94]",
      'a shortened rung at exactly 94.00% is not counted as keeping 94%', REPRODUCE_TESTS),
-    ('P29', 'reproduce.py', "('6-whitening', ['--whiten', '3'], 15)", "('6-whitening', ['--whiten', '2'], 15)",
-     "a middle rung of post 8's ladder (one --smoke never runs) has a value train.py refuses", REPRODUCE_TESTS),
+    ('P29', 'reproduce.py', "'2-ema': ['--label-smoothing', '0.2', '--ema', '0.99']",
+     "'2-ema': ['--label-smoothing', '0.2', '--ema', '1.5']",
+     "a middle rung of the tricks' ladder (one --smoke never runs) has a value train.py's checks refuse", REPRODUCE_TESTS),
     # networks.py: ResNet-9 and its post 8 options, airbench94's net, precision, FLOPs
     ('N1', 'networks.py', 'var = ghosts.var(dim=(1, 3, 4), unbiased=False)', 'var = ghosts.var(dim=(1, 3, 4), unbiased=True)',
      'ghost BN normalises each sub-batch by its unbiased variance', NET_TESTS),
