@@ -929,7 +929,7 @@ def test_a_stage_line_names_the_blf_steps_a_group_truncated():
 
 
 class Collected(Exception):
-    """Raised by a stand-in for Context.train_all once it has taken a stage's train.py commands."""
+    """Raised by a stand-in for Context.run once it has taken a stage's train.py commands."""
 
 
 def test_every_train_py_command_of_the_full_size_stages_is_one_train_py_accepts(tmp_path, cifar_dir, monkeypatch):
@@ -942,12 +942,11 @@ def test_every_train_py_command_of_the_full_size_stages_is_one_train_py_accepts(
     import torch
     commands = {}
 
-    def collect(ctx, groups):
-        commands[os.path.basename(ctx.dir)] = [
-            [*ctx.train_command(out, flags)[1:], '--runs', str(runs or 1), '--seed', str(seed or 0)]
-            for out, flags, runs, seed in groups]
+    def collect(ctx, cmd, **kwargs):  # the stage's first command trains: train.py, or train_many.py's invocations
+        argvs = [shlex.split(line) for line in cmd[2:]] if cmd[1] == 'train_many.py' else [cmd[2:]]
+        commands[os.path.basename(ctx.dir)] = argvs
         raise Collected
-    monkeypatch.setattr(reproduce.Context, 'train_all', collect)
+    monkeypatch.setattr(reproduce.Context, 'run', collect)
     monkeypatch.setattr(torch.cuda, 'is_available', lambda: True)
     monkeypatch.setattr(torch.cuda, 'device_count', lambda: 1)
     args = reproduce.parse_args(['--device', 'cuda', '--data-dir', cifar_dir, '--out', str(tmp_path)])
