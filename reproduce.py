@@ -152,13 +152,14 @@ class Context:
         with open(self.log_path, 'a') as log:
             log.write(text + '\n')
 
-    def run(self, cmd, env=None, check=True, cwd=HERE, stop_after=None):
+    def run(self, cmd, env=None, check=True, cwd=HERE, stop_after=None, keep_line=None):
         """Run a command (from the repo root by default), its output to the console and to the
         stage's log.txt. When the stage's time, the budget or stop_after runs out the command gets
         Ctrl-C (train.py then closes its record with the runs it finished) and, STOP_GRACE_S later,
         is killed. stop_after=S: what it printed is returned with exit code None (for scripts that
         run more seeds than a stage has time for); the stage's time raises StageFailed, the budget
-        (or SIGTERM) OutOfTime."""
+        (or SIGTERM) OutOfTime. keep_line: a filter of the output's lines (the line, another line,
+        or None to drop it) applied before anything is printed, logged or returned."""
         line = '$ ' + shlex.join(cmd[1:] if cmd[0] == sys.executable else cmd)
         self.log(line)
         now = time.monotonic()
@@ -175,6 +176,9 @@ class Context:
         with open(self.log_path, 'a') as log:
             def echo(lines):
                 for text in lines:
+                    text = keep_line(text) if keep_line else text
+                    if text is None:
+                        continue
                     print(text, end='', flush=True)
                     log.write(text)
                     out.append(text)
@@ -662,7 +666,8 @@ def stage_airbench(ctx):
     then our recipe of the same name (n = 5), back to back: the ratio of their median times is
     measured side by side. The script runs as published (its own seeds, warm-up and clock) for at
     most a third of the time left (the stage's or the budget's); its cache, and any logs it writes
-    (they hold its code), are deleted afterwards, so nothing of it enters the records; its figures
+    (they hold its code), are deleted afterwards, and the source lines its tracebacks quote are
+    left out of log.txt, so nothing of its code enters the records; its figures
     are kept in published_script.json, so a resumed stage goes straight to our recipe."""
     if not ctx.args.airbench:
         raise StageSkipped('no --airbench PATH given (a local copy of a published airbench script)')
@@ -703,7 +708,7 @@ def run_airbench_script(ctx, path, stem, work):
         env['PYTHONPATH'] = os.pathsep.join(filter(None, [os.path.join(HERE, 'shims'), os.environ.get('PYTHONPATH')]))
     try:
         code, out = ctx.run([sys.executable, os.path.abspath(path)], env=env, cwd=work, check=False,
-                            stop_after=ctx.seconds_left() / 3)
+                            stop_after=ctx.seconds_left() / 3, keep_line=without_quotes_of(path))
     finally:
         for leftover in ('cifar10', 'logs'):
             shutil.rmtree(os.path.join(work, leftover), ignore_errors=True)
@@ -717,6 +722,27 @@ def run_airbench_script(ctx, path, stem, work):
             'acc': {'mean': statistics.mean(accs), 'std': statistics.stdev(accs) if len(accs) > 1 else 0.0, 'n': len(accs)},
             'time_s': {'median': statistics.median(times), 'min': min(times), 'max': max(times)},
             'stopped_early': code is None}
+
+
+def without_quotes_of(path):
+    """A filter of a command's output lines that leaves out what a traceback quotes from `path`.
+    Stopped after its share, a published script prints a KeyboardInterrupt traceback, and Python
+    (like torch.compile's 'from user code') quotes each of its frames' source lines: that would put
+    the script's code into the stage's log.txt, which is committed. A frame's quote is the lines
+    after its `File "path", line N` that are indented deeper; they become one line saying so."""
+    marker = f'File "{os.path.abspath(path)}"'
+    frame = {'indent': None, 'told': False}  # the indent of the script's frame being quoted, if any
+
+    def keep_line(text):
+        indent = len(text) - len(text.lstrip(' '))
+        if frame['indent'] is not None and text.strip() and indent > frame['indent']:
+            if frame['told']:
+                return None
+            frame['told'] = True
+            return ' ' * indent + '[the published script\'s source line(s), left out of the log]\n'
+        frame['indent'], frame['told'] = (indent if marker in text else None), False
+        return text
+    return keep_line
 
 
 def recipe_names():

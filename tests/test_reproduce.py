@@ -740,8 +740,46 @@ def test_a_published_script_that_outruns_its_share_is_stopped_and_its_finished_r
     theirs = reproduce.run_airbench_script(ctx, str(script), 'airbench94_muon', str(work))  # the stage's timeout would raise
     assert theirs['stopped_early'] and theirs['acc']['n'] == 2 and theirs['time_s']['median'] == 3.05
     assert theirs['script_sha256'] == hashlib.sha256(script.read_bytes()).hexdigest()
-    assert '# stopped after' in (tmp_path / 'out' / 'airbench' / 'log.txt').read_text()
+    log = (tmp_path / 'out' / 'airbench' / 'log.txt').read_text()
+    assert '# stopped after' in log
+    assert f'File "{script}", line 6' in log and 'KeyboardInterrupt' in log, 'its traceback is logged...'
+    assert 'time.sleep(600)' not in log and "source line(s), left out" in log, '...without its code'
     assert not (work / 'cifar10').exists(), 'the cache written for it is deleted'
+
+
+def test_a_published_scripts_source_lines_are_left_out_of_its_tracebacks_and_nothing_else():
+    """Python's traceback and torch.compile's 'from user code' quote the script's lines under each of
+    its frames (indented deeper, carets included); other files' frames and everything else stay."""
+    path = os.path.abspath('airbench94_muon.py')
+    keep_line = reproduce.without_quotes_of('airbench94_muon.py')
+    out = [
+        '|  0  |  eval  |  0.9401  |  3.8  |\n',
+        'Traceback (most recent call last):\n',
+        f'  File "{path}", line 300, in <module>\n',
+        '    main(run)\n',
+        f'  File "{path}", line 250, in main\n',
+        '    loss = model(inputs)\n',
+        '           ^^^^^^^^^^^^^\n',
+        '  File "/usr/lib/torch/nn/modules/module.py", line 1778, in _wrapped_call_impl\n',
+        '    return self._call_impl(*args, **kwargs)\n',
+        'KeyboardInterrupt\n',
+        'from user code:\n',
+        f'   File "{path}", line 96, in forward\n',
+        '    x = self.conv1(x)\n',
+        '\n',
+        '    indented output after a blank line\n',
+        f'  File "{path}.bak", line 1, in <module>\n',
+        '    another file, kept\n',
+    ]
+    kept = [line for line in map(keep_line, out) if line is not None]
+    told = "[the published script's source line(s), left out of the log]"
+    assert [line.strip() for line in kept] == [
+        '|  0  |  eval  |  0.9401  |  3.8  |', 'Traceback (most recent call last):',
+        f'File "{path}", line 300, in <module>', told, f'File "{path}", line 250, in main', told,
+        'File "/usr/lib/torch/nn/modules/module.py", line 1778, in _wrapped_call_impl',
+        'return self._call_impl(*args, **kwargs)', 'KeyboardInterrupt', 'from user code:',
+        f'File "{path}", line 96, in forward', told, '', 'indented output after a blank line',
+        f'File "{path}.bak", line 1, in <module>', 'another file, kept']
 
 
 def test_an_airbench_script_that_is_not_there_stops_the_run_before_any_stage(tmp_path, cifar_dir, capsys):
