@@ -722,29 +722,121 @@ def test_the_airbench_stage_runs_the_script_on_our_data_then_our_recipe_and_keep
         assert not any('/logs/' in n or n.endswith('.pt') for n in tar.getnames())
 
 
+def run_stand_in_script(tmp_path, cifar_dir, name, code, stage_min='0.5'):
+    """A stand-in for a published script (its code, under its name) through run_airbench_script in
+    a stage of `stage_min` minutes: its figures and the stage's log."""
+    script = tmp_path / name
+    script.write_text(code)
+    args = reproduce.parse_args(['--smoke', '--device', 'cpu', '--data-dir', cifar_dir, '--out', str(tmp_path / 'out'),
+                                 '--stage-timeout-min', stage_min])
+    ctx = reproduce.Context(args, 'airbench')
+    theirs = reproduce.run_airbench_script(ctx, str(script), script.stem, str(tmp_path / 'out' / 'airbench' / script.stem))
+    return theirs, (tmp_path / 'out' / 'airbench' / 'log.txt').read_text()
+
+
 def test_a_published_script_that_outruns_its_share_is_stopped_and_its_finished_runs_count(tmp_path, cifar_dir):
     """airbench94_muon.py runs 200 seeds, more than a stage has time for: after its third of the
-    time left it gets Ctrl-C, and the runs it finished make its figures (stopped_early says so)."""
-    script = tmp_path / 'airbench94_muon.py'
-    script.write_text(
+    time left (10 s of 30 here) it gets Ctrl-C, and the runs it finished make its figures
+    (stopped_early says so)."""
+    theirs, log = run_stand_in_script(tmp_path, cifar_dir, 'airbench94_muon.py', (
         'import time\n'
         'print("|  run  |  epoch  |  tta_val_acc  |  time_seconds  |")\n'
         'for run, acc in ((0, 0.9401), (1, 0.9395)):\n'
         '    print(f"|  {run}  |  1  |  |  1.0  |")\n'
         '    print(f"|  |  eval  |  {acc}  |  3.{run}  |", flush=True)\n'
-        'time.sleep(600)  # the other 198 runs\n')
-    args = reproduce.parse_args(['--smoke', '--device', 'cpu', '--data-dir', cifar_dir, '--out', str(tmp_path / 'out'),
-                                 '--stage-timeout-min', '0.5'])
-    ctx = reproduce.Context(args, 'airbench')
-    work = tmp_path / 'out' / 'airbench' / 'airbench94_muon'
-    theirs = reproduce.run_airbench_script(ctx, str(script), 'airbench94_muon', str(work))  # the stage's timeout would raise
+        'time.sleep(600)  # the other 198 runs\n'))  # the stage's timeout would raise
+    script = tmp_path / 'airbench94_muon.py'
     assert theirs['stopped_early'] and theirs['acc']['n'] == 2 and theirs['time_s']['median'] == 3.05
     assert theirs['script_sha256'] == hashlib.sha256(script.read_bytes()).hexdigest()
-    log = (tmp_path / 'out' / 'airbench' / 'log.txt').read_text()
-    assert '# stopped after' in log
+    share = re.search(r"# stopped after (\d+) s \(the stage's share", log)
+    assert share and 5 <= int(share[1]) <= 10, log  # a third of the 30 s, less writing the cache
     assert f'File "{script}", line 6' in log and 'KeyboardInterrupt' in log, 'its traceback is logged...'
     assert 'time.sleep(600)' not in log and "source line(s), left out" in log, '...without its code'
-    assert not (work / 'cifar10').exists(), 'the cache written for it is deleted'
+    assert not (tmp_path / 'out' / 'airbench' / 'airbench94_muon' / 'cifar10').exists(), 'the cache written for it is deleted'
+
+
+def test_lines_that_arrive_together_are_each_read_at_once_and_as_text_mode_splits_them(tmp_path):
+    """Two runs' rows written in one go, then a long silence: both must be read before the silence
+    ends (a buffered readline kept the second until more output came, so a script's finished runs
+    were seen late). Line ends as text mode gives them ('\r\n' and '\r' become '\n', even when a
+    '\r\n' is split across two writes), bad UTF-8 replaced, a last line without its end kept."""
+    code = ('import os, sys, time\n'
+            'os.write(1, b"run 0\\nrun 1\\n"); time.sleep(3)\n'
+            'os.write(1, b"crlf\\r\\nprogress 1%\\rprogress 2%\\r"); time.sleep(0.5)\n'
+            'os.write(1, b"\\nbad \\xff byte\\nhalf a line"); time.sleep(0.5)\n'
+            'os.write(1, b" and its end\\nlast, no end")\n')
+    proc = reproduce.spawn([sys.executable, '-c', code], str(tmp_path), {**os.environ})
+    first = []
+    with pytest.raises(TimeoutError):
+        for text in reproduce.iter_lines(proc, 1.5):
+            first.append(text)
+    assert first == ['run 0\n', 'run 1\n']
+    rest = list(reproduce.iter_lines(proc, 10))
+    assert rest == ['crlf\n', 'progress 1%\n', 'progress 2%\n', 'bad \ufffd byte\n', 'half a line and its end\n', 'last, no end']
+    assert proc.returncode == 0
+
+
+def test_a_published_script_is_stopped_once_it_has_finished_the_runs_the_stage_needs(tmp_path, cifar_dir):
+    """Its 11th run never counts: Ctrl-C comes after the 10th eval row, before its share of the
+    time (10 s here) ends, and the script's own code stays out of the log."""
+    theirs, log = run_stand_in_script(tmp_path, cifar_dir, 'airbench94.py', (
+        'import time\n'
+        'print("|  run  |  epoch  |  tta_val_acc  |  total_time_seconds  |")\n'
+        'for run in range(25):\n'
+        '    print(f"|  {run}  |  eval  |  0.94{run:02d}  |  {3 + run / 100}  |", flush=True)\n'
+        '    time.sleep(0.5)\n'))
+    assert reproduce.AIRBENCH_SCRIPT_RUNS == 10 and theirs['acc']['n'] == 10 and theirs['stopped_early']
+    assert theirs['time_s'] == pytest.approx({'median': 3.045, 'min': 3.0, 'max': 3.09})
+    assert '|  9  |  eval' in log and '|  10  |' not in log and '# stopped: 10 finished run(s)' in log
+    assert 'time.sleep(0.5)' not in log
+
+
+def test_a_script_started_in_the_background_still_takes_the_ctrl_c_that_ends_its_share(tmp_path, cifar_dir):
+    """reproduce.py started with Ctrl-C ignored (`... &` in a shell without job control): the
+    published script must not inherit that, or it sits out the Ctrl-C after its share and is killed
+    STOP_GRACE_S later, past the stage's 30 s here, which fails the stage."""
+    script = tmp_path / 'airbench94.py'
+    script.write_text('import time\n'
+                      'print("|  run  |  epoch  |  tta_val_acc  |  time_seconds  |")\n'
+                      'print("|  0  |  eval  |  0.9400  |  3.0  |", flush=True)\n'
+                      'time.sleep(600)\n')
+    out = tmp_path / 'out'
+    proc = subprocess.run([sys.executable, 'reproduce.py', '--smoke', '--device', 'cpu', '--data-dir', cifar_dir,
+                           '--out', str(out), '--stage', 'airbench', '--airbench', str(script), '--stage-timeout-min', '0.5'],
+                          cwd=REPO, capture_output=True, text=True, timeout=120,
+                          preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    log = (out / 'airbench' / 'log.txt').read_text()
+    assert 'KeyboardInterrupt' in log, log
+    theirs = json.loads((out / 'airbench' / 'done.json').read_text())['figures']['airbench94']['published_script']
+    assert theirs['acc']['n'] == 1 and theirs['stopped_early'], proc.stdout + proc.stderr
+
+
+def test_a_published_scripts_warm_up_longer_than_its_share_still_gives_a_finished_run(tmp_path, cifar_dir):
+    """airbench94_muon.py trains a warm-up run and compiles before its first timed run: when that
+    outlasts its share (10 s of a 30-s stage here), it goes on until one run has finished, and is
+    stopped then, not at the 10th run, since its share is over."""
+    theirs, log = run_stand_in_script(tmp_path, cifar_dir, 'airbench94_muon.py', (
+        'import time\n'
+        'print("|  run  |  epoch  |  tta_val_acc  |  time_seconds  |")\n'
+        'print("|  warmup  |  eval  |  0.1000  |  0.0  |", flush=True)\n'
+        'time.sleep(12)  # max-autotune\n'
+        'for run in range(200):\n'
+        '    print(f"|  {run}  |  eval  |  0.9400  |  2.{run}  |", flush=True)\n'
+        '    time.sleep(1)\n'))
+    assert theirs['acc'] == {'mean': 0.94, 'std': 0.0, 'n': 1} and theirs['stopped_early']
+    share = re.search(r'# its share of (\d+) s is over before its first run has finished', log)
+    assert share and 5 <= int(share[1]) <= 10, log
+    assert '# stopped: 1 finished run(s)' in log and '|  1  |' not in log
+
+
+def test_a_published_script_with_no_finished_run_when_the_stage_ends_fails_the_stage(tmp_path, cifar_dir):
+    with pytest.raises(reproduce.StageFailed, match='ran past --stage-timeout-min 0.25'):
+        run_stand_in_script(tmp_path, cifar_dir, 'airbench94_muon.py', (
+            'import time\nprint("|  run  |  epoch  |  tta_val_acc  |  time_seconds  |", flush=True)\n'
+            'time.sleep(600)\n'), stage_min='0.25')
+    log = (tmp_path / 'out' / 'airbench' / 'log.txt').read_text()
+    assert re.search(r'# its share of [2-5] s is over', log) and '# stopped: the stage ran past --stage-timeout-min' in log
+    assert not (tmp_path / 'out' / 'airbench' / 'airbench94_muon' / 'cifar10').exists(), 'the cache written for it is deleted'
 
 
 def test_a_published_scripts_source_lines_are_left_out_of_its_tracebacks_and_nothing_else():
