@@ -78,7 +78,7 @@ def main():
     ap.add_argument('--data-dir', default=os.path.join(ROOT, 'data'))
     ap.add_argument('--n-train', type=int, default=4000)
     ap.add_argument('--n-test', type=int, default=2000)
-    ap.add_argument('--share-min', type=float, default=12, help='the stage time, of which a script gets a third')
+    ap.add_argument('--share-min', type=float, default=12, help='the stage time; a script gets reproduce.AIRBENCH_SCRIPT_SHARE of what is left of it')
     args = ap.parse_args()
     out = tempfile.mkdtemp(prefix='airbench-on-cpu-')
     stage_args = reproduce.parse_args(['--smoke', '--device', 'cpu', '--data-dir', args.data_dir, '--out', out,
@@ -106,4 +106,5 @@ def main():
 
 
 if __name__ == '__main__':
+    reproduce.let_commands_take_ctrl_c()  # as reproduce.py does: a script run in the background still takes Ctrl-C
     sys.exit(main())
