@@ -787,7 +787,8 @@ def run_airbench_script(ctx, path, stem, work):
     return {'script': os.path.basename(path), 'script_sha256': script_sha256,
             'acc': {'mean': statistics.mean(accs), 'std': statistics.stdev(accs) if len(accs) > 1 else 0.0, 'n': len(accs)},
             'time_s': {'median': statistics.median(times), 'min': min(times), 'max': max(times)},
-            'stopped_early': code is None}
+            'stopped_early': code is None,  # and the rule that stopped it, since a resumed stage reuses these figures
+            'runs_wanted': AIRBENCH_SCRIPT_RUNS, 'share_of_time_left': round(AIRBENCH_SCRIPT_SHARE, 4)}
 
 
 def without_quotes_of(path):
