@@ -180,6 +180,12 @@ def positive_ints(text):
     return values
 
 
+def hyp_of(args):
+    """The hyperparameters as the command line resolved them (a recipe's text turned into values
+    by the parser), before train.py settles the precision and the loss scale for the device."""
+    return {key: getattr(args, key) for key in hyp}
+
+
 def parse_args(argv):
     """The command line over the chosen recipe (recipes.py) over `hyp`: a flag given wins, then the
     recipe's value, then train.py's default; --recipe X --help shows X's values as the defaults."""

@@ -31,7 +31,7 @@ import distributed
 import optimizers
 import recipes
 from blf_step import BLF, BLF_TOTALS, blf_backend, blf_train_step
-from cli import UserError, hyp, parse_args, check_args, schedule_notes, use_device
+from cli import UserError, hyp_of, parse_args, check_args, schedule_notes, use_device
 from networks import PRECISIONS, autocast, make_model, net_options, resolve_precision, whitening_bias
 from optimizers import EMA, apply_setting, averaged_tensors, backward_and_step, loss_scale, make_optimizer, make_scaler
 from record import (Follower, RankFailed, Record, code_hashes, environment, finish_record, format_row, gather_runs,
@@ -416,7 +416,7 @@ def run(args, argv):
 
 
 def run_in_group(args, argv, group, device_text):
-    h = {key: getattr(args, key) for key in hyp}
+    h = hyp_of(args)
     device = use_device(device_text)
     h['precision'] = resolve_precision(h['precision'], device)
     h['loss_scale'] = loss_scale(h)  # the record shows the value used, not 0

@@ -87,7 +87,7 @@ def recipe_hyp(recipe, *flags):
     turns into values, so a test must not merge recipes.RECIPES into cli.hyp itself."""
     import cli
     args = cli.parse_args(['--recipe', recipe, *map(str, flags)])
-    return {key: getattr(args, key) for key in cli.hyp}
+    return cli.hyp_of(args)
 
 
 def process_running(pid):

@@ -1,6 +1,6 @@
 import sys
 sys.path[:0] = ['.', 'tests']
-import torch, data_gpu, networks, train
+import torch, cli, data_gpu, networks, train
 from test_loss_scale import real_step_grads, errors
 cifar = data_gpu.load_cifar10('data', download=False, log=lambda m: None)
 n = 512
@@ -11,7 +11,7 @@ m32 = networks.make_model(0.25, 'cpu', torch.float32)
 state = {k: v.clone() for k, v in m32.state_dict().items()}
 print(f'# torch {torch.__version__}, CPU; ResNet-9 width 0.25, first {n} CIFAR-10 training images; fp16 weights+activations (BN fp32) vs fp32, same weights')
 for scale in (1.0, 0.0):
-    h = {**train.hyp, 'batch_size': n, 'precision': 'fp16', 'loss_scale': scale}
+    h = {**cli.hyp, 'batch_size': n, 'precision': 'fp16', 'loss_scale': scale}
     m32.load_state_dict(state)
     m16 = networks.make_model(0.25, 'cpu', torch.float16)
     m16.load_state_dict(state)
