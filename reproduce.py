@@ -42,6 +42,7 @@ import signal
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 import traceback
 
@@ -181,7 +182,7 @@ class Context:
             raise ran_out(why)
         proc = spawn(cmd, cwd, {**os.environ, 'PYTHONUNBUFFERED': '1', **(env or {})})
         out = []
-        runs_to_stop_at = wanted or float('inf')
+        runs, runs_to_stop_at = 0, wanted or float('inf')  # runs: how many `finished` counted so far
         with open(self.log_path, 'a') as log:
             def echo(lines):
                 for text in lines:
@@ -197,13 +198,14 @@ class Context:
                     try:
                         for text in iter_lines(proc, end - time.monotonic()):
                             echo([text])
-                            if finished is not None and finished(''.join(out)) >= runs_to_stop_at:
-                                echo([f'# stopped: {finished("".join(out))} finished run(s), what the stage needs of it\n'])
+                            runs = finished(''.join(out)) if finished else 0
+                            if runs >= runs_to_stop_at:
+                                echo([f'# stopped: {runs} finished run(s), what the stage needs of it\n'])
                                 stop(proc, echo)
                                 return None, ''.join(out)
                         break
                     except TimeoutError:
-                        if why != 'share' or finished is None or finished(''.join(out)) > 0:
+                        if why != 'share' or finished is None or runs > 0:
                             raise
                         echo([f'# its share of {stop_after:.0f} s is over before its first run has finished: '
                               'it goes on until one has, within the stage\'s time\n'])
@@ -436,13 +438,16 @@ def let_commands_take_ctrl_c():
     ignored, and every process it starts inherits that: a published airbench script sat out the
     Ctrl-C that ends its share and was killed STOP_GRACE_S later (seen on the CPU). A handler that
     does nothing leaves this process as it was, and is not inherited as an ignored signal is: the
-    commands start with Ctrl-C's default. (train.py sets its own handler; `timeout` resets it too.)"""
-    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+    commands start with Ctrl-C's default. (train.py sets its own handler; `timeout` resets it too.)
+    Only the main thread may set a handler; reproduce.py spawns from no other."""
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN and threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGINT, lambda signum, frame: None)
 
 
 def spawn(cmd, cwd, env):
-    """Start a command whose output (stderr with stdout) iter_lines reads: a raw pipe, no buffer."""
+    """Start a command whose output (stderr with stdout) iter_lines reads (a raw pipe, no buffer),
+    and which takes the Ctrl-C that stop() sends it."""
+    let_commands_take_ctrl_c()
     return subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, bufsize=0, env=env)
 
 
@@ -1097,5 +1102,4 @@ def run_stages(args, summary_path):
 
 
 if __name__ == '__main__':
-    let_commands_take_ctrl_c()
     sys.exit(main())

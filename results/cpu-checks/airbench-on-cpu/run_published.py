@@ -106,5 +106,4 @@ def main():
 
 
 if __name__ == '__main__':
-    reproduce.let_commands_take_ctrl_c()  # as reproduce.py does: a script run in the background still takes Ctrl-C
     sys.exit(main())
