@@ -318,7 +318,7 @@ MUTANTS = [
     ('P29', 'reproduce.py', "'2-ema': ['--label-smoothing', '0.2', '--ema', '0.99']",
      "'2-ema': ['--label-smoothing', '0.2', '--ema', '1.5']",
      "a middle rung of the tricks' ladder (one --smoke never runs) has a value train.py's checks refuse", REPRODUCE_TESTS),
-    # a published script's share and its count of finished runs (62bf460; P31, P32, P35 as the lines read since the review's commit)
+    # a published script's share and its count of finished runs (62bf460; P31, P32, P35 as the lines read since 83197c6)
     ('P30', 'reproduce.py', "AIRBENCH_SCRIPT_SHARE = 1 / 3", "AIRBENCH_SCRIPT_SHARE = 1 / 2",
      "a published script takes half of the time left, not a third", REPRODUCE_TESTS),
     ('P31', 'reproduce.py', "if runs >= runs_to_stop_at:", "if runs > runs_to_stop_at:",
