@@ -1090,7 +1090,9 @@ def run_stages(args, summary_path):
         signal.signal(signal.SIGTERM, on_sigterm)
         if stopped:
             break
-    print(f'summary: {summary_path}; everything packed in {os.path.join(args.out, PACK)}')
+    # The pack's size in the log: a GPU job's output has limits on what comes back (results/README.md)
+    pack_path = os.path.join(args.out, PACK)
+    print(f'summary: {summary_path}; everything packed in {pack_path} ({os.path.getsize(pack_path) / 2**20:.2f} MiB)')
     if failed:
         print(f'error: stage(s) failed: {" ".join(failed)} (see their log.txt)', file=sys.stderr)
         return 1

@@ -93,7 +93,9 @@ def test_every_record_names_the_code_it_ran_and_that_code_is_unchanged(smoke):
 
 
 def test_everything_is_packed_into_one_file(smoke):
-    _, out = smoke
+    res, out = smoke
+    size_mib = (out / reproduce.PACK).stat().st_size / 2**20
+    assert f'everything packed in {out / reproduce.PACK} ({size_mib:.2f} MiB)' in res.stdout, 'the log says how big the pack is'
     with tarfile.open(out / reproduce.PACK) as tar:
         names = tar.getnames()
     assert 'out/summary.md' in names and 'out/blf/summary.md' in names and 'out/core/log.txt' in names
