@@ -1090,9 +1090,13 @@ def run_stages(args, summary_path):
         signal.signal(signal.SIGTERM, on_sigterm)
         if stopped:
             break
-    # The pack's size in the log: a GPU job's output has limits on what comes back (results/README.md)
+    # The pack's size in the log: a GPU job's output has limits on what comes back (results/README.md).
+    # With the budget spent before the first stage of a new OUT, there is no pack at all.
     pack_path = os.path.join(args.out, PACK)
-    print(f'summary: {summary_path}; everything packed in {pack_path} ({os.path.getsize(pack_path) / 2**20:.2f} MiB)')
+    if os.path.exists(pack_path):
+        print(f'summary: {summary_path}; everything packed in {pack_path} ({os.path.getsize(pack_path) / 2**20:.2f} MiB)')
+    else:
+        print(f'summary: {summary_path}; nothing packed: no stage ran')
     if failed:
         print(f'error: stage(s) failed: {" ".join(failed)} (see their log.txt)', file=sys.stderr)
         return 1
