@@ -334,6 +334,10 @@ MUTANTS = [
      'a script started by a backgrounded reproduce.py ignores the Ctrl-C that ends its share', REPRODUCE_TESTS),
     ('P36', 'reproduce.py', "LINE_END = re.compile(rb'\\r\\n|\\n|\\r(?!$)')", "LINE_END = re.compile(rb'\\n')",
      "a '\\r' (progress lines) no longer ends a line, as text mode made it", REPRODUCE_TESTS),
+    ('P37', 'reproduce.py', "({os.path.getsize(pack_path) / 2**20:.2f} MiB)", "({os.path.getsize(pack_path) / 2**10:.2f} MiB)",
+     "the last line gives the pack's size in KiB, labelled MiB", REPRODUCE_TESTS),
+    ('P38', 'reproduce.py', "    if os.path.exists(pack_path):\n", "    if True:\n",
+     "a spent budget with no pack ends in a traceback over the missing pack's size", REPRODUCE_TESTS),
     # networks.py: ResNet-9 and its post 8 options, airbench94's net, precision, FLOPs
     ('N1', 'networks.py', 'var = ghosts.var(dim=(1, 3, 4), unbiased=False)', 'var = ghosts.var(dim=(1, 3, 4), unbiased=True)',
      'ghost BN normalises each sub-batch by its unbiased variance', NET_TESTS),
